@@ -1,0 +1,422 @@
+//! The one configuration loader: figment layers over the embedded defaults.
+//!
+//! Layers, lowest first: [`DEFAULT_CONFIG_TOML`] < `/etc/daemoneye/config.toml`
+//! < the user's config < `--config FILE` (replaces the two files) <
+//! `DAEMONEYE_<SECTION>__<KEY>` < command-line overrides. Unknown keys are
+//! errors, reported with the layer they came from.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, with comments: also what `service install` writes.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+/// The system-wide config file.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/daemoneye/config.toml";
+
+/// Errors from loading configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is missing, of the wrong type, or an unknown key was given.
+    /// The message names the key and the layer (file, env var) it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// An explicitly named config file does not exist.
+    #[error("config file {0} does not exist: check the --config path")]
+    Missing(PathBuf),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Paths and logging.
+    pub general: GeneralConfig,
+    /// The collector.
+    pub procmond: ProcmondConfig,
+    /// The agent's store and supervisor.
+    pub agent: AgentConfig,
+    /// Detection rules and query limits.
+    pub rules: RulesConfig,
+    /// Alert handling.
+    pub alerts: AlertsConfig,
+    /// The event bus.
+    pub bus: BusConfig,
+    /// The audit ledger.
+    pub ledger: LedgerConfig,
+}
+
+/// `[general]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeneralConfig {
+    /// Store, ledger and default socket directory.
+    pub data_dir: PathBuf,
+    /// Socket directory; empty means `<data_dir>/run`.
+    pub run_dir: PathBuf,
+    /// Default log level.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+/// The kernel telemetry backend procmond uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The best that works: ebpf, then proc-connector, then poll.
+    Auto,
+    /// eBPF tracepoints (Linux).
+    Ebpf,
+    /// Netlink proc connector (Linux).
+    ProcConnector,
+    /// Periodic diffing of the process list (every OS; lossy).
+    Poll,
+}
+
+impl Backend {
+    /// The name as written in config and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Ebpf => "ebpf",
+            Backend::ProcConnector => "proc-connector",
+            Backend::Poll => "poll",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "ebpf" => Ok(Self::Ebpf),
+            "proc-connector" | "proc_connector" => Ok(Self::ProcConnector),
+            "poll" => Ok(Self::Poll),
+            other => Err(format!(
+                "unknown backend {other:?}: expected auto, ebpf, proc-connector or poll"
+            )),
+        }
+    }
+}
+
+/// `[procmond]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcmondConfig {
+    /// Telemetry backend.
+    pub backend: Backend,
+    /// procmond binary; empty means next to the agent.
+    pub binary: PathBuf,
+    /// Poll backend interval.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Resource sampling interval (zero: off).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Largest executable that is hashed.
+    pub hash_max_size: ByteSize,
+    /// Hashing threads.
+    pub hash_workers: usize,
+    /// Hash cache entries.
+    pub hash_cache_entries: usize,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Unprivileged user to switch to after start (empty: none).
+    pub user: String,
+    /// Restart back-off lower bound.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_min: Duration,
+    /// Restart back-off upper bound.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    /// Uptime after which the back-off resets.
+    #[serde(with = "humantime_serde")]
+    pub restart_reset_after: Duration,
+    /// Deltas per store transaction.
+    pub batch_size: usize,
+    /// Batch fill time.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// How long exited processes stay in the table.
+    #[serde(with = "humantime_serde")]
+    pub process_retention: Duration,
+    /// How long events stay queryable.
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
+}
+
+/// `[rules]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Rule directory.
+    pub dir: PathBuf,
+    /// Table rule interval.
+    #[serde(with = "humantime_serde")]
+    pub table_interval: Duration,
+    /// Per-query time limit.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Per-query row limit.
+    pub max_rows: u64,
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Dedupe window.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// JSON lines on stdout.
+    pub stdout: bool,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Frame size cap.
+    pub max_frame_size: ByteSize,
+    /// Per-subscription queue capacity.
+    pub queue_capacity: usize,
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Segment rotation size.
+    pub segment_size: ByteSize,
+    /// Records per group commit, at most.
+    pub commit_batch: usize,
+    /// Time per group commit, at most.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Records between checkpoints.
+    pub checkpoint_every: u64,
+    /// Time between checkpoints.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+/// What the binary's command line says about configuration.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// `--config FILE`: replaces the system and user files.
+    pub config_file: Option<PathBuf>,
+    /// Skip `/etc` and the user config (tests, `xtask run`).
+    pub skip_system_files: bool,
+    /// Flag values, as `section.key` = TOML value; the top layer.
+    pub overrides: Vec<(String, toml_value::Value)>,
+}
+
+/// Re-export of the value type used for overrides.
+pub mod toml_value {
+    pub use figment::value::Value;
+}
+
+impl LoadOptions {
+    /// Adds a command-line override, e.g. `("general.data_dir", "/tmp/d")`.
+    pub fn set(&mut self, key: &str, value: impl Into<toml_value::Value>) -> &mut Self {
+        self.overrides.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    pub fn load(opts: &LoadOptions) -> Result<Self, ConfigError> {
+        Self::figment(opts)?.extract().map_err(|e| ConfigError::Invalid(render_errors(e)))
+    }
+
+    /// The layered figment (for `config show` with sources).
+    pub fn figment(opts: &LoadOptions) -> Result<Figment, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_CONFIG_TOML));
+        match &opts.config_file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Missing(path.clone()));
+                }
+                fig = fig.merge(Toml::file_exact(path));
+            }
+            None if !opts.skip_system_files => {
+                fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG_PATH));
+                if let Some(user) = user_config_path() {
+                    fig = fig.merge(Toml::file_exact(user));
+                }
+            }
+            None => {}
+        }
+        // DAEMONEYE_PROCMOND__BACKEND -> procmond.backend
+        fig = fig.merge(Env::prefixed("DAEMONEYE_").split("__"));
+        for (key, value) in &opts.overrides {
+            fig = fig.merge(Serialized::global(key.as_str(), value.clone()));
+        }
+        Ok(fig)
+    }
+
+    /// The socket directory.
+    pub fn run_dir(&self) -> PathBuf {
+        if self.general.run_dir.as_os_str().is_empty() {
+            self.general.data_dir.join("run")
+        } else {
+            self.general.run_dir.clone()
+        }
+    }
+
+    /// The event bus socket.
+    pub fn bus_socket(&self) -> PathBuf {
+        self.run_dir().join("bus.sock")
+    }
+
+    /// The agent API socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join("agent.sock")
+    }
+
+    /// The ledger directory.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.general.data_dir.join("ledger")
+    }
+
+    /// The redb store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.general.data_dir.join("store.redb")
+    }
+
+    /// Renders the configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        // Serializing plain structs of strings, numbers and paths cannot
+        // fail; fall back to Debug rather than panic if it ever did.
+        toml_string(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n{self:#?}"))
+    }
+}
+
+fn toml_string(c: &Config) -> Result<String, String> {
+    let v = figment::value::Value::serialize(c).map_err(|e| e.to_string())?;
+    let json = serde_json::to_value(&v).map_err(|e| e.to_string())?;
+    render_toml(&json)
+}
+
+fn render_toml(v: &serde_json::Value) -> Result<String, String> {
+    let mut out = String::new();
+    let obj = v.as_object().ok_or("configuration is not a table")?;
+    for (section, body) in obj {
+        out.push_str(&format!("[{section}]\n"));
+        if let Some(fields) = body.as_object() {
+            for (k, val) in fields {
+                out.push_str(&format!("{k} = {val}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `$XDG_CONFIG_HOME/daemoneye/config.toml`, or `~/.config/...`.
+pub fn user_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("daemoneye").join("config.toml"))
+}
+
+fn render_errors(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {} {src})", m.name),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            let path = if err.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", err.path.join("."))
+            };
+            format!("{path}{}{source}", err.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isolated() -> LoadOptions {
+        LoadOptions { skip_system_files: true, ..Default::default() }
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = Config::load(&isolated()).unwrap();
+        assert_eq!(c.procmond.backend, Backend::Auto);
+        assert_eq!(c.procmond.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.bus.max_frame_size, ByteSize::mib(4));
+        assert_eq!(c.run_dir(), PathBuf::from("/var/lib/daemoneye/run"));
+    }
+
+    #[test]
+    fn file_then_overrides_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[procmond]\nbackend = \"poll\"\n[general]\ndata_dir = \"/x\"\n")
+            .unwrap();
+        let mut opts = LoadOptions { config_file: Some(file), ..Default::default() };
+        opts.set("general.data_dir", "/y");
+        let c = Config::load(&opts).unwrap();
+        assert_eq!(c.procmond.backend, Backend::Poll);
+        assert_eq!(c.general.data_dir, PathBuf::from("/y"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[procmond]\nbakend = \"poll\"\n").unwrap();
+        let opts = LoadOptions { config_file: Some(file.clone()), ..Default::default() };
+        let err = Config::load(&opts).unwrap_err().to_string();
+        assert!(err.contains("bakend"), "{err}");
+        assert!(err.contains("bad.toml"), "{err}");
+
+        std::fs::write(&file, "[agent]\nbatch_interval = \"soon\"\n").unwrap();
+        let err = Config::load(&opts).unwrap_err().to_string();
+        assert!(err.contains("agent.batch_interval"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let opts = LoadOptions {
+            config_file: Some("/nonexistent/daemoneye.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(Config::load(&opts), Err(ConfigError::Missing(_))));
+    }
+
+    #[test]
+    fn rendered_toml_loads_back() {
+        let c = Config::load(&isolated()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("round.toml");
+        std::fs::write(&file, c.to_toml()).unwrap();
+        let opts = LoadOptions { config_file: Some(file), ..Default::default() };
+        assert_eq!(Config::load(&opts).unwrap(), c);
+    }
+}

@@ -1,0 +1,1 @@
+//! The audit ledger (see `docs/ledger-format.md`).

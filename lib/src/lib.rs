@@ -1,0 +1,22 @@
+//! DaemonEye's shared core.
+//!
+//! Everything that more than one binary needs lives here, split by concern:
+//!
+//! - [`proto`]: the generated protobuf types (events, bus envelope, tasks,
+//!   agent API). Protobuf is the one wire codec of the project.
+//! - [`models`]: process identity, time conversion and the delta-merge rule
+//!   that turns a stream of `ProcessEvent`s into a process table.
+//! - [`config`]: the one layered configuration loader (figment).
+//! - [`ledger`]: the hash-chained, signed audit ledger (procmond writes,
+//!   agent and CLI read).
+//! - [`detection`] (feature `detection`): the SQL validator and engine and the
+//!   rule files. procmond is built without it.
+//! - [`telemetry`]: tracing set-up shared by the binaries.
+
+pub mod config;
+#[cfg(feature = "detection")]
+pub mod detection;
+pub mod ledger;
+pub mod models;
+pub mod proto;
+pub mod telemetry;

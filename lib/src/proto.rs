@@ -1,0 +1,17 @@
+//! Generated protobuf types (package `daemoneye.v1`, from `proto/`).
+//!
+//! The generated code is not ours to document item by item; the `.proto`
+//! files carry the field documentation.
+
+#![allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+
+include!(concat!(env!("OUT_DIR"), "/daemoneye.v1.rs"));
+
+/// The bus topic of process lifecycle deltas.
+pub const TOPIC_PROCESS_LIFECYCLE: &str = "events.process.lifecycle";
+/// Content type of a `ProcessEvent` payload on the bus.
+pub const CONTENT_TYPE_PROCESS_EVENT: &str = "daemoneye.v1.ProcessEvent";
+/// The bus topic on which the agent sends detection tasks to procmond.
+pub const TOPIC_COLLECTOR_TASK: &str = "control.collector.task";
+/// The bus topic on which procmond answers detection tasks.
+pub const TOPIC_COLLECTOR_RESULT: &str = "control.collector.result";

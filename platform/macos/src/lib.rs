@@ -1,0 +1,1 @@
+//! macOS process telemetry (EndpointSecurity); compiled on macOS only.

@@ -1,0 +1,1 @@
+//! Windows process telemetry (ETW `Microsoft-Windows-Kernel-Process`); compiled on Windows only.
