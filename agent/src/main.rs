@@ -1,1 +1,319 @@
-fn main() {}
+//! daemoneye-agent: hosts the event bus, supervises procmond, keeps the
+//! process table, runs the rules and raises alerts.
+//!
+//! This file only parses flags, loads configuration and wires the parts.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context as _;
+use clap::Parser;
+use daemoneye_eventbus::{Broker, BrokerConfig};
+use daemoneye_lib::config::{Backend, Config, LoadOptions};
+use daemoneye_lib::detection::{Limits, load_rules_dir};
+use daemoneye_lib::proto::{
+    BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS,
+    TOPIC_PROCESS_LIFECYCLE,
+};
+use daemoneye_lib::telemetry::{LogFormat, init_logging};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use daemoneye_agent::alerts::AlertManager;
+use daemoneye_agent::health::Health;
+use daemoneye_agent::pipeline::{self, Incoming, Shared};
+use daemoneye_agent::store::Store;
+use daemoneye_agent::supervisor::{ProcmondCommand, supervise};
+use daemoneye_agent::table::ProcessTable;
+use daemoneye_agent::api;
+
+/// DaemonEye detection agent.
+///
+/// Starts the event bus and procmond, keeps the process table in a redb
+/// store, evaluates the SQL rules on every event and on the table, and
+/// raises alerts (JSON lines on stdout by default). Stop it with SIGTERM or
+/// Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "daemoneye-agent", version, about, long_about)]
+struct Args {
+    /// Configuration file (replaces /etc/daemoneye/config.toml and the user config).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: the store, the ledger and (by default) the sockets in DIR/run.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of YAML rule files.
+    #[arg(long, value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
+    /// Kernel telemetry backend for procmond.
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "ebpf", "proc-connector", "poll"])]
+    backend: Option<String>,
+    /// The procmond binary (default: next to this one).
+    #[arg(long, value_name = "FILE")]
+    procmond: Option<PathBuf>,
+    /// Ignore /etc/daemoneye/config.toml and the user config.
+    #[arg(long)]
+    no_system_config: bool,
+    /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut opts = LoadOptions {
+        config_file: args.config.clone(),
+        skip_system_files: args.no_system_config,
+        ..Default::default()
+    };
+    if let Some(d) = &args.data_dir {
+        opts.set("general.data_dir", d.display().to_string());
+    }
+    if let Some(d) = &args.rules_dir {
+        opts.set("rules.dir", d.display().to_string());
+    }
+    if let Some(b) = &args.backend {
+        opts.set("procmond.backend", b.as_str());
+    }
+    if let Some(p) = &args.procmond {
+        opts.set("procmond.binary", p.display().to_string());
+    }
+    if let Some(l) = &args.log_level {
+        opts.set("general.log_level", l.as_str());
+    }
+    let config = Config::load(&opts)?;
+    let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
+    init_logging(&config.general.log_level, format);
+
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config, args))
+}
+
+async fn run(config: Config, args: Args) -> anyhow::Result<()> {
+    let data_dir = &config.general.data_dir;
+    let run_dir = config.run_dir();
+    for dir in [data_dir.as_path(), run_dir.as_path()] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+
+    let store = Arc::new(Store::open(&config.store_path())?);
+    let health = Arc::new(Health::default());
+    let table = ProcessTable::from_states(store.load_processes()?);
+    health.last_applied_seq.store(store.last_applied_seq()?, Relaxed);
+    tracing::info!(
+        store = %store.path().display(),
+        processes = table.counts().1,
+        last_applied_seq = health.last_applied_seq.load(Relaxed),
+        "store opened"
+    );
+
+    let rules = load_rules_dir(&config.rules.dir);
+    for err in &rules.errors {
+        tracing::error!("{err}");
+    }
+    tracing::info!(dir = %config.rules.dir.display(), loaded = rules.rules.len(), failed = rules.errors.len(), "rules loaded");
+    health.rules_loaded.store(u32::try_from(rules.rules.len()).unwrap_or(u32::MAX), Relaxed);
+    health.rules_failed.store(u32::try_from(rules.errors.len()).unwrap_or(u32::MAX), Relaxed);
+
+    let alerts = AlertManager::new(Arc::clone(&store), config.alerts.dedupe_window, config.alerts.stdout)?;
+    let limits = Limits {
+        timeout: config.rules.query_timeout,
+        max_rows: config.rules.max_rows,
+        ..Limits::default()
+    };
+    let shared = Arc::new(Shared {
+        store,
+        table: RwLock::new(table),
+        rules: RwLock::new(Arc::new(rules)),
+        alerts: Mutex::new(alerts),
+        health: Arc::clone(&health),
+        limits,
+        ledger_dir: config.ledger_dir(),
+        process_retention: config.agent.process_retention,
+        event_retention: config.agent.event_retention,
+        batch_size: config.agent.batch_size.max(1),
+    });
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    // The bus, and the agent's own subscriptions on it.
+    let bus_config = BrokerConfig {
+        max_frame_size: usize::try_from(config.bus.max_frame_size.as_u64()).unwrap_or(usize::MAX),
+        default_queue_capacity: config.bus.queue_capacity,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::bind(&config.bus_socket(), bus_config, cancel.clone())
+        .await
+        .with_context(|| format!("starting the event bus on {}", config.bus_socket().display()))?;
+    let local = broker.local_client("daemoneye-agent");
+    let capacity = u32::try_from(config.bus.queue_capacity).unwrap_or(u32::MAX);
+    // Drop, not block: a slow agent must never stall procmond; whatever is
+    // dropped here is read back from the ledger by the gap check.
+    let mut lifecycle = local
+        .subscribe(TOPIC_PROCESS_LIFECYCLE, BackpressurePolicy::Drop, capacity)
+        .await
+        .context("subscribing to process events")?;
+    let mut status = local
+        .subscribe(TOPIC_COLLECTOR_STATUS, BackpressurePolicy::Drop, 16)
+        .await
+        .context("subscribing to collector status")?;
+
+    let (tx, rx) = mpsc::channel::<Incoming>(config.bus.queue_capacity.max(1));
+    {
+        let health = Arc::clone(&health);
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                let d = tokio::select! {
+                    d = lifecycle.recv() => d,
+                    () = cancel.cancelled() => None,
+                };
+                let Some(d) = d else { break };
+                match ProcessEvent::decode(d.payload.as_ref()) {
+                    Ok(event) => {
+                        let inc = Incoming { event, correlation_id: d.correlation.correlation_id.clone() };
+                        if tx.send(inc).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        Health::add(&health.events_malformed, 1);
+                        tracing::warn!(topic = %d.topic, error = %e, "process event does not decode; it will be read from the ledger");
+                    }
+                }
+            }
+        });
+    }
+    {
+        let health = Arc::clone(&health);
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                let d = tokio::select! {
+                    d = status.recv() => d,
+                    () = cancel.cancelled() => None,
+                };
+                let Some(d) = d else { break };
+                if let Ok(s) = CollectorStatus::decode(d.payload.as_ref()) {
+                    health.set_collector(s);
+                }
+            }
+        });
+    }
+
+    let ingest = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || pipeline::run_ingest(&shared, rx))
+            .context("starting the ingest thread")?
+    };
+
+    // Table rules on an interval.
+    {
+        let shared = Arc::clone(&shared);
+        let cancel = cancel.clone();
+        let every = config.rules.table_interval;
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = cancel.cancelled() => break,
+                }
+                let shared = Arc::clone(&shared);
+                if let Err(e) = tokio::task::spawn_blocking(move || pipeline::evaluate_table_rules(&shared)).await {
+                    tracing::error!(error = %e, "table rule task failed");
+                }
+            }
+        });
+    }
+
+    // procmond.
+    let cmd = procmond_command(&config, &args)?;
+    tasks.spawn(supervise(cmd, Arc::clone(&health), cancel.clone()));
+
+    // The API.
+    let api_task = {
+        let shared = Arc::clone(&shared);
+        let socket = config.agent_socket();
+        let cancel = cancel.clone();
+        tasks.spawn(async move { api::serve(shared, &socket, cancel).await })
+    };
+    tasks.close();
+
+    tracing::info!(data_dir = %data_dir.display(), "daemoneye-agent running");
+    let api_failed = tokio::select! {
+        () = shutdown_signal() => None,
+        r = api_task => Some(r),
+    };
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tasks.wait().await;
+    broker.join().await;
+    // The forwarder task has ended, so the channel is closed and the ingest
+    // thread finishes its last batch.
+    if ingest.join().is_err() {
+        tracing::error!("the ingest thread panicked");
+    }
+    match api_failed {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("API task failed: {e}")),
+        _ => Ok(()),
+    }
+}
+
+fn procmond_command(config: &Config, args: &Args) -> anyhow::Result<ProcmondCommand> {
+    let binary = if config.procmond.binary.as_os_str().is_empty() {
+        let me = std::env::current_exe().context("locating daemoneye-agent's own binary")?;
+        me.parent().unwrap_or(Path::new(".")).join("procmond")
+    } else {
+        config.procmond.binary.clone()
+    };
+    let mut argv = vec![
+        "--data-dir".to_owned(),
+        config.general.data_dir.display().to_string(),
+        "--run-dir".to_owned(),
+        config.run_dir().display().to_string(),
+        "--backend".to_owned(),
+        config.procmond.backend.as_str().to_owned(),
+    ];
+    if let Some(c) = &args.config {
+        argv.push("--config".into());
+        argv.push(c.display().to_string());
+    }
+    if args.no_system_config {
+        argv.push("--no-system-config".into());
+    }
+    if config.procmond.backend == Backend::Auto {
+        tracing::debug!("procmond will choose the best available backend");
+    }
+    Ok(ProcmondCommand {
+        binary,
+        args: argv,
+        backoff_min: config.agent.restart_backoff_min,
+        backoff_max: config.agent.restart_backoff_max,
+        reset_after: config.agent.restart_reset_after,
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

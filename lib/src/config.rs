@@ -146,9 +146,6 @@ pub struct AgentConfig {
     pub restart_reset_after: Duration,
     /// Deltas per store transaction.
     pub batch_size: usize,
-    /// Batch fill time.
-    #[serde(with = "humantime_serde")]
-    pub batch_interval: Duration,
     /// How long exited processes stay in the table.
     #[serde(with = "humantime_serde")]
     pub process_retention: Duration,
@@ -396,9 +393,9 @@ mod tests {
         assert!(err.contains("bakend"), "{err}");
         assert!(err.contains("bad.toml"), "{err}");
 
-        std::fs::write(&file, "[agent]\nbatch_interval = \"soon\"\n").unwrap();
+        std::fs::write(&file, "[agent]\nprocess_retention = \"soon\"\n").unwrap();
         let err = Config::load(&opts).unwrap_err().to_string();
-        assert!(err.contains("agent.batch_interval"), "{err}");
+        assert!(err.contains("agent.process_retention"), "{err}");
     }
 
     #[test]

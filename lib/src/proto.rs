@@ -15,3 +15,7 @@ pub const CONTENT_TYPE_PROCESS_EVENT: &str = "daemoneye.v1.ProcessEvent";
 pub const TOPIC_COLLECTOR_TASK: &str = "control.collector.task";
 /// The bus topic on which procmond answers detection tasks.
 pub const TOPIC_COLLECTOR_RESULT: &str = "control.collector.result";
+/// The bus topic of procmond's `CollectorStatus` heartbeat.
+pub const TOPIC_COLLECTOR_STATUS: &str = "control.health.collector";
+/// Content type of a `CollectorStatus` payload.
+pub const CONTENT_TYPE_COLLECTOR_STATUS: &str = "daemoneye.v1.CollectorStatus";

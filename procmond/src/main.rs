@@ -1,1 +1,139 @@
-fn main() {}
+//! procmond: the privileged process collector.
+//!
+//! Takes process events from the kernel (or the best fallback), writes each
+//! to the audit ledger, then publishes it on the event bus. It has no SQL
+//! and no network: it links `daemoneye-lib` without the `detection` and
+//! `grpc` features and talks only to the local bus socket.
+//!
+//! This file parses flags, loads configuration and wires the parts.
+
+mod backend;
+mod platform;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use collector_core::hash::Hasher;
+use collector_core::runtime::{self, RuntimeConfig, RuntimeStats};
+use daemoneye_lib::config::{Config, LoadOptions};
+use daemoneye_lib::ledger::LedgerWriter;
+use daemoneye_lib::telemetry::{LogFormat, init_logging};
+use tokio_util::sync::CancellationToken;
+
+/// DaemonEye process collector (started by daemoneye-agent).
+///
+/// Watches process exec/fork/exit, records every event in the hash-chained
+/// ledger under <data-dir>/ledger, and publishes it on the agent's event bus.
+#[derive(Debug, Parser)]
+#[command(name = "procmond", version, about, long_about)]
+struct Args {
+    /// Configuration file (replaces /etc/daemoneye/config.toml and the user config).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (the ledger lives in DIR/ledger).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Socket directory (the bus is RUN_DIR/bus.sock).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Telemetry backend.
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "ebpf", "proc-connector", "poll"])]
+    backend: Option<String>,
+    /// Ignore /etc/daemoneye/config.toml and the user config.
+    #[arg(long)]
+    no_system_config: bool,
+    /// Log level when RUST_LOG is unset.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut opts = LoadOptions {
+        config_file: args.config.clone(),
+        skip_system_files: args.no_system_config,
+        ..Default::default()
+    };
+    if let Some(d) = &args.data_dir {
+        opts.set("general.data_dir", d.display().to_string());
+    }
+    if let Some(d) = &args.run_dir {
+        opts.set("general.run_dir", d.display().to_string());
+    }
+    if let Some(b) = &args.backend {
+        opts.set("procmond.backend", b.as_str());
+    }
+    if let Some(l) = &args.log_level {
+        opts.set("general.log_level", l.as_str());
+    }
+    let config = Config::load(&opts)?;
+    let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
+    init_logging(&config.general.log_level, format);
+
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let ledger_dir = config.ledger_dir();
+    let key_dir = config.general.data_dir.join("keys");
+    let (mut ledger, recovery) = LedgerWriter::open(&ledger_dir, &key_dir, &config.ledger)
+        .with_context(|| format!("opening the ledger in {}", ledger_dir.display()))?;
+    tracing::info!(dir = %ledger_dir.display(), head = ledger.head().0, recovery = ?recovery, "ledger opened");
+    let pid = std::process::id().to_string();
+    let version = env!("CARGO_PKG_VERSION");
+    ledger.audit("start", &[("pid", pid.as_str()), ("version", version)])?;
+
+    let chosen = backend::choose(&config)?;
+    let notes = chosen.notes.join("; ");
+    tracing::info!(backend = chosen.name, not_taken = %notes, "telemetry backend chosen");
+    ledger.audit("backend", &[("backend", chosen.name), ("not_taken", notes.as_str())])?;
+    ledger.commit()?;
+
+    let hasher = Arc::new(Hasher::new(
+        config.procmond.hash_max_size.as_u64(),
+        config.procmond.hash_cache_entries,
+    ));
+    let rt_config = RuntimeConfig {
+        bus_socket: config.bus_socket(),
+        client_name: "procmond".into(),
+        backend: chosen.name.into(),
+        backend_notes: notes,
+        commit_batch: config.ledger.commit_batch,
+        channel_capacity: 65_536,
+        hash_workers: config.procmond.hash_workers,
+    };
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(RuntimeStats::default());
+    let mut sources = vec![chosen.source];
+    sources.extend(platform::sampler(&config));
+    let rt = tokio::spawn(runtime::run(sources, ledger, hasher, rt_config, Arc::clone(&stats), cancel.clone()));
+    let sig_cancel = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        sig_cancel.cancel();
+    });
+    let mut ledger = rt.await.context("collector task panicked")??;
+    ledger.audit("stop", &[("pid", pid.as_str())])?;
+    ledger.commit()?;
+    tracing::info!("procmond stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

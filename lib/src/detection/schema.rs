@@ -4,8 +4,8 @@
 //! Column order here is the row layout everywhere (`Vec<Value>` rows are
 //! indexed by these positions).
 
-use crate::models::{event_source_name, event_type_name, time::ns_to_ms};
-use crate::proto::{Alert, EventSource, ProcessEvent, ProcessRecord, ProcessState, Severity};
+use crate::models::{event_source_name, event_type_name, severity_name, time::ns_to_ms};
+use crate::proto::{Alert, EventSource, ProcessEvent, ProcessRecord, ProcessState};
 
 use super::Value;
 
@@ -217,17 +217,6 @@ pub fn event_row(event: &ProcessEvent, state: Option<&ProcessState>) -> Vec<Valu
     push_process_columns(&mut row, record);
     row.push(event.gap.as_ref().map(|g| i64::try_from(g.lost_events).unwrap_or(i64::MAX)).into());
     row
-}
-
-/// The lowercase severity name.
-pub fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Unspecified => "unspecified",
-        Severity::Low => "low",
-        Severity::Medium => "medium",
-        Severity::High => "high",
-        Severity::Critical => "critical",
-    }
 }
 
 /// The `alerts` row of an alert.

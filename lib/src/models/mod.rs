@@ -4,10 +4,12 @@
 //! bare pid. Kernel times are nanoseconds; SQL-visible times are Unix
 //! milliseconds, converted only by [`time::ns_to_ms`].
 
+mod alert;
 mod key;
 mod merge;
 pub mod time;
 
+pub use alert::{alert_json, parse_severity, severity_name};
 pub use key::{ProcessKey, ProcessKeyError, TICK_NS, boot_id};
 pub use merge::{apply_event, merge_record};
 

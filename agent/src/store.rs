@@ -1,0 +1,379 @@
+//! The agent's durable state in one redb file.
+//!
+//! Tables (values are protobuf, the project's one codec):
+//! - `processes`: process_key -> `ProcessState`; indexes `processes_by_pid`
+//!   (pid -> key) and `processes_by_parent` (parent_key -> key).
+//! - `process_events`: seq -> `ProcessEvent` (the recent-events window).
+//! - `alerts`: alert id -> `Alert`; `alert_order`: (alert_time_ms, id) -> ().
+//! - `meta`: `last_applied_seq`, `schema_version`.
+//!
+//! *Architecture invariant:* `last_applied_seq` is written in the same
+//! transaction as the rows it covers, so after a crash the table and the
+//! seq agree and catch-up from the ledger resumes exactly there.
+
+use std::path::{Path, PathBuf};
+
+use daemoneye_lib::models::apply_event;
+use daemoneye_lib::proto::{Alert, ProcessEvent, ProcessState};
+use prost::Message;
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
+};
+
+const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
+const BY_PID: MultimapTableDefinition<u32, &str> = MultimapTableDefinition::new("processes_by_pid");
+const BY_PARENT: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("processes_by_parent");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("process_events");
+const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+const ALERT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("alert_order");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: u64 = 1;
+
+/// Errors from the store; each names the store file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb failed.
+    #[error("process store {path}: {what}: {source}")]
+    Db {
+        /// The store file.
+        path: PathBuf,
+        /// What the store was doing.
+        what: &'static str,
+        /// The redb error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A stored value does not decode: the file is damaged or from another version.
+    #[error("process store {path}: corrupt {table} entry {key}: {reason}; move the file aside to rebuild it from the ledger")]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// The entry key.
+        key: String,
+        /// Decode error.
+        reason: String,
+    },
+    /// The file was written by a newer schema.
+    #[error("process store {path} has schema version {found}, this agent knows {SCHEMA_VERSION}: upgrade the agent or move the file aside")]
+    Schema {
+        /// The store file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+    },
+}
+
+/// The outcome of applying one batch of events.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    /// For each applied event, the row after it (`None` for gaps).
+    pub states: Vec<Option<ProcessState>>,
+    /// Events skipped because their seq was already applied.
+    pub duplicates: usize,
+    /// The new `last_applied_seq`.
+    pub last_applied_seq: u64,
+}
+
+/// The redb store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+trait Ctx<T> {
+    fn ctx(self, path: &Path, what: &'static str) -> Result<T, StoreError>;
+}
+impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
+    fn ctx(self, path: &Path, what: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            what,
+            source: Box::new(e.into()),
+        })
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).ctx(path, "opening")?;
+        let store = Self { db, path: path.to_owned() };
+        let txn = store.db.begin_write().ctx(path, "starting a transaction")?;
+        {
+            txn.open_table(PROCESSES).ctx(path, "creating tables")?;
+            txn.open_multimap_table(BY_PID).ctx(path, "creating tables")?;
+            txn.open_multimap_table(BY_PARENT).ctx(path, "creating tables")?;
+            txn.open_table(EVENTS).ctx(path, "creating tables")?;
+            txn.open_table(ALERTS).ctx(path, "creating tables")?;
+            txn.open_table(ALERT_ORDER).ctx(path, "creating tables")?;
+            let mut meta = txn.open_table(META).ctx(path, "creating tables")?;
+            let found = meta.get("schema_version").ctx(path, "reading meta")?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::Schema { path: path.to_owned(), found: v });
+                }
+                _ => {
+                    meta.insert("schema_version", SCHEMA_VERSION).ctx(path, "writing meta")?;
+                }
+            }
+        }
+        txn.commit().ctx(path, "committing")?;
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The seq of the last event whose effect is in the store (0: none).
+    pub fn last_applied_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let meta = txn.open_table(META).ctx(&self.path, "opening meta")?;
+        Ok(meta.get("last_applied_seq").ctx(&self.path, "reading meta")?.map_or(0, |v| v.value()))
+    }
+
+    /// Every stored process.
+    pub fn load_processes(&self) -> Result<Vec<ProcessState>, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let table = txn.open_table(PROCESSES).ctx(&self.path, "opening processes")?;
+        let mut out = Vec::new();
+        for item in table.iter().ctx(&self.path, "reading processes")? {
+            let (k, v) = item.ctx(&self.path, "reading processes")?;
+            out.push(self.decode::<ProcessState>("processes", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of events in one write transaction: every event with a
+    /// seq above `last_applied_seq` updates its process row and is kept in
+    /// `process_events`; `current` gives the row before the batch for keys the
+    /// caller has in memory (it must agree with the store).
+    pub fn apply_batch(
+        &self,
+        events: &[ProcessEvent],
+        current: &dyn Fn(&str) -> Option<ProcessState>,
+    ) -> Result<AppliedBatch, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        let mut out = AppliedBatch::default();
+        {
+            let mut meta = txn.open_table(META).ctx(p, "opening meta")?;
+            let mut last = meta.get("last_applied_seq").ctx(p, "reading meta")?.map_or(0, |v| v.value());
+            let mut procs = txn.open_table(PROCESSES).ctx(p, "opening processes")?;
+            let mut by_pid = txn.open_multimap_table(BY_PID).ctx(p, "opening index")?;
+            let mut by_parent = txn.open_multimap_table(BY_PARENT).ctx(p, "opening index")?;
+            let mut evs = txn.open_table(EVENTS).ctx(p, "opening process_events")?;
+            // Rows touched earlier in this batch win over the caller's view.
+            let mut batch_rows: std::collections::HashMap<String, ProcessState> =
+                std::collections::HashMap::new();
+            for ev in events {
+                if ev.seq != 0 && ev.seq <= last {
+                    out.duplicates += 1;
+                    out.states.push(None);
+                    continue;
+                }
+                let key = ev.process.as_ref().map(|r| r.process_key.clone()).unwrap_or_default();
+                let before = if key.is_empty() {
+                    None
+                } else if let Some(s) = batch_rows.get(&key) {
+                    Some(s.clone())
+                } else {
+                    current(&key)
+                };
+                let after = apply_event(before, ev);
+                if let Some(state) = &after {
+                    procs.insert(key.as_str(), state.encode_to_vec().as_slice()).ctx(p, "writing processes")?;
+                    if let Some(r) = &state.record {
+                        by_pid.insert(r.pid, key.as_str()).ctx(p, "writing index")?;
+                        if let Some(parent) = &r.parent_key {
+                            by_parent.insert(parent.as_str(), key.as_str()).ctx(p, "writing index")?;
+                        }
+                    }
+                    batch_rows.insert(key, state.clone());
+                }
+                evs.insert(ev.seq, ev.encode_to_vec().as_slice()).ctx(p, "writing process_events")?;
+                last = last.max(ev.seq);
+                out.states.push(after);
+            }
+            meta.insert("last_applied_seq", last).ctx(p, "writing meta")?;
+            out.last_applied_seq = last;
+        }
+        txn.commit().ctx(p, "committing a batch")?;
+        Ok(out)
+    }
+
+    /// Removes exited processes whose exit is older than `exited_before_ns`
+    /// and events older than `events_before_ns`. Returns the removed keys.
+    pub fn prune(&self, exited_before_ns: i64, events_before_ns: i64) -> Result<Vec<String>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        let mut removed = Vec::new();
+        {
+            let mut procs = txn.open_table(PROCESSES).ctx(p, "opening processes")?;
+            let mut by_pid = txn.open_multimap_table(BY_PID).ctx(p, "opening index")?;
+            let mut by_parent = txn.open_multimap_table(BY_PARENT).ctx(p, "opening index")?;
+            let mut doomed = Vec::new();
+            for item in procs.iter().ctx(p, "reading processes")? {
+                let (k, v) = item.ctx(p, "reading processes")?;
+                let st = self.decode::<ProcessState>("processes", k.value(), v.value())?;
+                let exit = st.record.as_ref().and_then(|r| r.exit_time_ns);
+                if !st.is_alive && exit.is_some_and(|t| t < exited_before_ns) {
+                    doomed.push(st);
+                }
+            }
+            for st in doomed {
+                let Some(r) = st.record else { continue };
+                procs.remove(r.process_key.as_str()).ctx(p, "removing a process")?;
+                by_pid.remove(r.pid, r.process_key.as_str()).ctx(p, "updating index")?;
+                if let Some(parent) = &r.parent_key {
+                    by_parent.remove(parent.as_str(), r.process_key.as_str()).ctx(p, "updating index")?;
+                }
+                removed.push(r.process_key);
+            }
+            let mut evs = txn.open_table(EVENTS).ctx(p, "opening process_events")?;
+            // Events are in seq order, which is time order for one ledger:
+            // stop at the first event inside the window.
+            let mut old = Vec::new();
+            for item in evs.iter().ctx(p, "reading process_events")? {
+                let (k, v) = item.ctx(p, "reading process_events")?;
+                let ev = self.decode::<ProcessEvent>("process_events", &k.value().to_string(), v.value())?;
+                if ev.event_time_ns >= events_before_ns {
+                    break;
+                }
+                old.push(k.value());
+            }
+            for seq in old {
+                evs.remove(seq).ctx(p, "removing an event")?;
+            }
+        }
+        txn.commit().ctx(p, "committing the prune")?;
+        Ok(removed)
+    }
+
+    /// Recent events, oldest first, optionally from a seq on.
+    pub fn events(&self, from_seq: u64) -> Result<Vec<ProcessEvent>, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let table = txn.open_table(EVENTS).ctx(&self.path, "opening process_events")?;
+        let mut out = Vec::new();
+        for item in table.range(from_seq..).ctx(&self.path, "reading process_events")? {
+            let (k, v) = item.ctx(&self.path, "reading process_events")?;
+            out.push(self.decode("process_events", &k.value().to_string(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces an alert.
+    pub fn put_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        {
+            let mut alerts = txn.open_table(ALERTS).ctx(p, "opening alerts")?;
+            let mut order = txn.open_table(ALERT_ORDER).ctx(p, "opening alerts")?;
+            alerts.insert(alert.id.as_str(), alert.encode_to_vec().as_slice()).ctx(p, "writing an alert")?;
+            order.insert((alert.alert_time_ms, alert.id.as_str()), ()).ctx(p, "writing an alert")?;
+        }
+        txn.commit().ctx(p, "committing an alert")?;
+        Ok(())
+    }
+
+    /// Alerts, oldest first.
+    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let order = txn.open_table(ALERT_ORDER).ctx(&self.path, "opening alerts")?;
+        let alerts = txn.open_table(ALERTS).ctx(&self.path, "opening alerts")?;
+        let mut out = Vec::new();
+        for item in order.iter().ctx(&self.path, "reading alerts")? {
+            let (k, _) = item.ctx(&self.path, "reading alerts")?;
+            let (_, id) = k.value();
+            if let Some(v) = alerts.get(id).ctx(&self.path, "reading alerts")? {
+                out.push(self.decode("alerts", id, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode<M: Message + Default>(&self, table: &'static str, key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+        M::decode(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            table,
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daemoneye_lib::proto::{EventType, ProcessRecord};
+
+    fn ev(seq: u64, t: EventType, key: &str, pid: u32) -> ProcessEvent {
+        ProcessEvent {
+            seq,
+            event_type: t as i32,
+            event_time_ns: seq as i64 * 1_000_000_000,
+            source: 3,
+            process: Some(ProcessRecord {
+                pid,
+                process_key: key.into(),
+                name: Some(format!("p{pid}")),
+                parent_key: Some("root".into()),
+                ..Default::default()
+            }),
+            gap: None,
+        }
+    }
+
+    #[test]
+    fn batches_apply_once_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let batch = [ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exec, "b", 11), ev(3, EventType::Exit, "a", 10)];
+            let out = store.apply_batch(&batch, &|_| None).unwrap();
+            assert_eq!(out.last_applied_seq, 3);
+            assert!(!out.states[2].as_ref().unwrap().is_alive);
+            // Replaying the same seqs (catch-up overlap) changes nothing.
+            let again = store.apply_batch(&batch, &|_| None).unwrap();
+            assert_eq!(again.duplicates, 3);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.last_applied_seq().unwrap(), 3);
+        let procs = store.load_processes().unwrap();
+        assert_eq!(procs.len(), 2);
+        assert_eq!(store.events(0).unwrap().len(), 3);
+        assert_eq!(store.events(3).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn prune_drops_old_exits_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .apply_batch(&[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)], &|_| None)
+            .unwrap();
+        let removed = store.prune(2_500_000_000, 1_500_000_000).unwrap();
+        assert_eq!(removed, vec!["a".to_string()]);
+        assert_eq!(store.load_processes().unwrap().len(), 1);
+        assert_eq!(store.events(0).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn alerts_round_trip_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        for (id, t) in [("x", 5), ("y", 1)] {
+            store.put_alert(&Alert { id: id.into(), alert_time_ms: t, ..Default::default() }).unwrap();
+        }
+        let ids: Vec<_> = store.alerts().unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec!["y", "x"]);
+    }
+}

@@ -1,0 +1,280 @@
+//! The in-memory view of the process table that rules and queries read.
+//!
+//! *Architecture invariant:* after every store commit the view holds exactly
+//! the rows the store holds (the pipeline updates both from the same
+//! `AppliedBatch`); on start it is rebuilt from the store.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use daemoneye_lib::detection::schema::{alert_row, event_row, process_row};
+use daemoneye_lib::detection::{RowRef, Table, TableProvider, Value};
+use daemoneye_lib::proto::ProcessState;
+
+use crate::store::{Store, StoreError};
+
+struct Entry {
+    state: ProcessState,
+    row: Vec<Value>,
+}
+
+/// Processes by key, with pid and parent_key indexes, and their SQL rows
+/// pre-built so that evaluation does not rebuild them per rule.
+#[derive(Default)]
+pub struct ProcessTable {
+    rows: HashMap<String, Entry>,
+    by_pid: HashMap<u32, Vec<String>>,
+    by_parent: HashMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessTable").field("rows", &self.rows.len()).finish()
+    }
+}
+
+impl ProcessTable {
+    /// Builds the view from stored rows.
+    pub fn from_states(states: Vec<ProcessState>) -> Self {
+        let mut t = Self::default();
+        for s in states {
+            t.upsert(s);
+        }
+        t
+    }
+
+    /// The row of a key.
+    pub fn get(&self, key: &str) -> Option<&ProcessState> {
+        self.rows.get(key).map(|e| &e.state)
+    }
+
+    /// Inserts or replaces a row.
+    pub fn upsert(&mut self, state: ProcessState) {
+        let Some(rec) = state.record.as_ref() else { return };
+        let key = rec.process_key.clone();
+        if let Some(old) = self.rows.get(&key) {
+            let (old_pid, old_parent) = old
+                .state
+                .record
+                .as_ref()
+                .map(|r| (r.pid, r.parent_key.clone()))
+                .unwrap_or_default();
+            self.unindex(&key, old_pid, old_parent.as_deref());
+        }
+        self.by_pid.entry(rec.pid).or_default().push(key.clone());
+        if let Some(parent) = &rec.parent_key {
+            self.by_parent.entry(parent.clone()).or_default().push(key.clone());
+        }
+        let row = process_row(&state);
+        self.rows.insert(key, Entry { state, row });
+    }
+
+    /// Removes a row.
+    pub fn remove(&mut self, key: &str) {
+        if let Some(old) = self.rows.remove(key) {
+            if let Some(r) = old.state.record {
+                self.unindex(key, r.pid, r.parent_key.as_deref());
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: &str, pid: u32, parent: Option<&str>) {
+        if let Some(v) = self.by_pid.get_mut(&pid) {
+            v.retain(|k| k != key);
+            if v.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+        if let Some(p) = parent {
+            if let Some(v) = self.by_parent.get_mut(p) {
+                v.retain(|k| k != key);
+                if v.is_empty() {
+                    self.by_parent.remove(p);
+                }
+            }
+        }
+    }
+
+    /// (alive, total) row counts.
+    pub fn counts(&self) -> (u64, u64) {
+        let alive = self.rows.values().filter(|e| e.state.is_alive).count() as u64;
+        (alive, self.rows.len() as u64)
+    }
+
+    fn rows_for_keys<'a>(&'a self, keys: Option<&'a Vec<String>>) -> Vec<RowRef<'a>> {
+        keys.map(|ks| {
+            ks.iter()
+                .filter_map(|k| self.rows.get(k))
+                .map(|e| Cow::Borrowed(e.row.as_slice()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    fn lookup_processes(&self, column: usize, key: &Value) -> Option<Vec<RowRef<'_>>> {
+        let name = Table::Processes.columns().get(column)?.name;
+        match (name, key) {
+            ("process_key", Value::Text(k)) => Some(
+                self.rows.get(k).map(|e| Cow::Borrowed(e.row.as_slice())).into_iter().collect(),
+            ),
+            ("pid", Value::Integer(pid)) => {
+                Some(u32::try_from(*pid).map_or_else(|_| Vec::new(), |p| self.rows_for_keys(self.by_pid.get(&p))))
+            }
+            ("parent_key", Value::Text(k)) => Some(self.rows_for_keys(self.by_parent.get(k))),
+            // Other types never equal an indexed column's values under SQLite
+            // comparison (no affinity conversion applies to NULL or reals
+            // here); let the engine scan to keep exact semantics.
+            _ => None,
+        }
+    }
+}
+
+/// What a query sees: the live process view, and — loaded from the store on
+/// first use, so streaming rules never pay for it — recent events and alerts.
+pub struct QueryTables<'a> {
+    processes: &'a ProcessTable,
+    store: Option<&'a Store>,
+    events: OnceLock<Vec<Vec<Value>>>,
+    alerts: OnceLock<Vec<Vec<Value>>>,
+    load_error: Mutex<Option<StoreError>>,
+}
+
+impl std::fmt::Debug for QueryTables<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryTables").field("processes", self.processes).finish()
+    }
+}
+
+impl<'a> QueryTables<'a> {
+    /// Only the process view: `process_events` and `alerts` read as empty
+    /// (streaming rules bind `process_events` to the event itself).
+    pub fn processes_only(processes: &'a ProcessTable) -> Self {
+        Self::new(processes, None)
+    }
+
+    /// The view plus the store's recent events and alerts.
+    pub fn with_store(processes: &'a ProcessTable, store: &'a Store) -> Self {
+        Self::new(processes, Some(store))
+    }
+
+    fn new(processes: &'a ProcessTable, store: Option<&'a Store>) -> Self {
+        Self {
+            processes,
+            store,
+            events: OnceLock::new(),
+            alerts: OnceLock::new(),
+            load_error: Mutex::new(None),
+        }
+    }
+
+    /// A store error met while loading events or alerts during the query;
+    /// the caller reports it instead of a silently partial result.
+    pub fn take_error(&self) -> Option<StoreError> {
+        self.load_error.lock().ok().and_then(|mut g| g.take())
+    }
+
+    fn record(&self, e: StoreError) {
+        if let Ok(mut g) = self.load_error.lock() {
+            g.get_or_insert(e);
+        }
+    }
+
+    fn events(&self) -> &[Vec<Value>] {
+        self.events.get_or_init(|| {
+            let Some(store) = self.store else { return Vec::new() };
+            match store.events(0) {
+                // An event row shows the process as it stands now, with the
+                // event's own type, time and seq.
+                Ok(evs) => evs
+                    .iter()
+                    .map(|ev| {
+                        let key = ev.process.as_ref().map_or("", |r| r.process_key.as_str());
+                        event_row(ev, self.processes.get(key))
+                    })
+                    .collect(),
+                Err(e) => {
+                    self.record(e);
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn alerts(&self) -> &[Vec<Value>] {
+        self.alerts.get_or_init(|| {
+            let Some(store) = self.store else { return Vec::new() };
+            match store.alerts() {
+                Ok(a) => a.iter().map(alert_row).collect(),
+                Err(e) => {
+                    self.record(e);
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+impl TableProvider for QueryTables<'_> {
+    fn scan(&self, table: Table) -> Box<dyn Iterator<Item = RowRef<'_>> + '_> {
+        match table {
+            Table::Processes => {
+                Box::new(self.processes.rows.values().map(|e| Cow::Borrowed(e.row.as_slice())))
+            }
+            Table::ProcessEvents => Box::new(self.events().iter().map(|r| Cow::Borrowed(r.as_slice()))),
+            Table::Alerts => Box::new(self.alerts().iter().map(|r| Cow::Borrowed(r.as_slice()))),
+        }
+    }
+
+    fn lookup(&self, table: Table, column: usize, key: &Value) -> Option<Vec<RowRef<'_>>> {
+        match table {
+            Table::Processes => self.processes.lookup_processes(column, key),
+            _ => None,
+        }
+    }
+
+    fn row_count_hint(&self, table: Table) -> usize {
+        match table {
+            Table::Processes => self.processes.rows.len(),
+            Table::ProcessEvents => self.events.get().map_or(0, Vec::len),
+            Table::Alerts => self.alerts.get().map_or(0, Vec::len),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daemoneye_lib::proto::ProcessRecord;
+
+    fn st(key: &str, pid: u32, parent: Option<&str>) -> ProcessState {
+        ProcessState {
+            record: Some(ProcessRecord {
+                pid,
+                process_key: key.into(),
+                parent_key: parent.map(Into::into),
+                ..Default::default()
+            }),
+            is_alive: true,
+            source: 3,
+            last_seq: 1,
+        }
+    }
+
+    #[test]
+    fn indexes_follow_updates_and_removals() {
+        let mut t = ProcessTable::from_states(vec![st("a", 1, None), st("b", 2, Some("a"))]);
+        let q = QueryTables::processes_only(&t);
+        let pk = Table::Processes.column_index("parent_key").unwrap();
+        assert_eq!(q.lookup(Table::Processes, pk, &Value::Text("a".into())).unwrap().len(), 1);
+        drop(q);
+        t.upsert(st("b", 2, Some("c")));
+        t.remove("a");
+        let q = QueryTables::processes_only(&t);
+        assert!(q.lookup(Table::Processes, pk, &Value::Text("a".into())).unwrap().is_empty());
+        let pid = Table::Processes.column_index("pid").unwrap();
+        assert_eq!(q.lookup(Table::Processes, pid, &Value::Integer(2)).unwrap().len(), 1);
+        assert_eq!(q.scan(Table::Processes).count(), 1);
+        assert_eq!(t.counts(), (1, 1));
+    }
+}

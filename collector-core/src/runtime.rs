@@ -1,0 +1,398 @@
+//! The collector runtime: source events in; ledger append (the write-ahead
+//! log), then publish on the bus; hashing off the event path.
+//!
+//! ```text
+//! EventSource --(bounded mpsc)--> writer: batch -> ledger append + group commit
+//!      ^                               |--> hash jobs --> hash workers --(update events)--^
+//!      |                               '--> publisher --(bus)--> events.process.lifecycle
+//! ```
+//!
+//! *Architecture invariant:* an event reaches the bus only after the ledger
+//! has committed it, and its `seq` is its ledger seq. When the bus is down
+//! or slow, publishing drops (counted) and the agent reads the ledger.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use daemoneye_eventbus::BusClient;
+use daemoneye_lib::ledger::{LedgerWriter, RecordKind};
+use daemoneye_lib::models::time::now_ns;
+use daemoneye_lib::proto::{
+    CONTENT_TYPE_COLLECTOR_STATUS, CONTENT_TYPE_PROCESS_EVENT, CollectorStatus, Correlation,
+    EventType, ProcessEvent, ProcessRecord, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hash::{HashError, Hasher};
+use crate::source::{EventSink, EventSource};
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The bus socket.
+    pub bus_socket: PathBuf,
+    /// Name this collector gives the bus.
+    pub client_name: String,
+    /// The backend name reported in health ("ebpf", "poll", ...).
+    pub backend: String,
+    /// Why better backends were not used.
+    pub backend_notes: String,
+    /// Events per ledger group commit, at most.
+    pub commit_batch: usize,
+    /// Capacity of the source -> writer channel.
+    pub channel_capacity: usize,
+    /// Hashing threads.
+    pub hash_workers: usize,
+}
+
+/// Counters the runtime keeps (also sent as `CollectorStatus`).
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Events committed to the ledger.
+    pub committed: AtomicU64,
+    /// Events published on the bus.
+    pub published: AtomicU64,
+    /// Events not published (bus down or slow); the ledger still has them.
+    pub publish_dropped: AtomicU64,
+    /// Events known lost before the ledger (sum of gap counts).
+    pub lost: AtomicU64,
+    /// Hash jobs dropped because the hash queue was full.
+    pub hash_dropped: AtomicU64,
+    /// Last ledger seq.
+    pub ledger_head: AtomicU64,
+}
+
+/// Errors that stop the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The ledger could not be written: nothing may be published unlogged,
+    /// so the collector stops (and is restarted by the agent).
+    #[error("ledger write failed: {0}")]
+    Ledger(#[from] daemoneye_lib::ledger::LedgerError),
+    /// The source failed.
+    #[error("event source {name} failed: {source}")]
+    Source {
+        /// The source's name.
+        name: &'static str,
+        /// What went wrong.
+        #[source]
+        source: crate::source::SourceError,
+    },
+    /// A worker task ended abnormally.
+    #[error("collector task failed: {0}")]
+    Task(String),
+}
+
+struct HashJob {
+    pid: u32,
+    process_key: String,
+    path: String,
+}
+
+/// Runs `sources` (the telemetry backend first, then helpers such as the
+/// resource sampler) until `cancel` fires, writing every event to `ledger`
+/// before publishing it. A source that fails stops the runtime (procmond
+/// exits and the agent restarts it); one that ends cleanly is logged.
+/// Returns the ledger for a final audit record.
+pub async fn run(
+    sources: Vec<Box<dyn EventSource>>,
+    mut ledger: LedgerWriter,
+    hasher: Arc<Hasher>,
+    config: RuntimeConfig,
+    stats: Arc<RuntimeStats>,
+    cancel: CancellationToken,
+) -> Result<LedgerWriter, RuntimeError> {
+    let (tx, mut rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
+    let (pub_tx, pub_rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
+    let hash_tx = spawn_hash_workers(config.hash_workers.max(1), hasher, tx.clone());
+    stats.ledger_head.store(ledger.head().0, Relaxed);
+
+    let source_cancel = cancel.child_token();
+    let mut source_tasks = tokio::task::JoinSet::new();
+    for source in sources {
+        let name = source.name();
+        let fut = source.run(EventSink::new(tx.clone()), source_cancel.clone());
+        source_tasks.spawn(async move { (name, fut.await) });
+    }
+    drop(tx);
+    let publisher = tokio::spawn(publish_loop(pub_rx, config.clone(), Arc::clone(&stats), cancel.clone()));
+
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<(), RuntimeError> = loop {
+        let first = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = tick.tick() => {
+                // Time-based checkpoints are due even when nothing happens.
+                let (l, r) = blocking(move || { let mut l = ledger; let r = l.commit(); (l, r) }).await?;
+                ledger = l;
+                if let Err(e) = r { break Err(e.into()); }
+                continue;
+            }
+            Some(res) = source_tasks.join_next(), if !source_tasks.is_empty() => {
+                match res {
+                    Ok((name, Ok(()))) => tracing::info!(source = name, "event source ended"),
+                    Ok((name, Err(e))) => break Err(RuntimeError::Source { name, source: e }),
+                    Err(e) => break Err(RuntimeError::Task(format!("event source task: {e}"))),
+                }
+                continue;
+            }
+            () = cancel.cancelled() => break Ok(()),
+        };
+        let Some(first) = first else { break Ok(()) };
+        let mut batch = vec![first];
+        while batch.len() < config.commit_batch.max(1) {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        let (l, r) = blocking(move || {
+            let mut l = ledger;
+            let r = append_batch(&mut l, &mut batch).map(|()| batch);
+            (l, r)
+        })
+        .await?;
+        ledger = l;
+        let batch = match r {
+            Ok(b) => b,
+            Err(e) => break Err(e.into()),
+        };
+        stats.committed.fetch_add(batch.len() as u64, Relaxed);
+        stats.ledger_head.store(ledger.head().0, Relaxed);
+        for ev in batch {
+            if let Some(gap) = &ev.gap {
+                stats.lost.fetch_add(gap.lost_events, Relaxed);
+            }
+            if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot) {
+                queue_hash(&hash_tx, &ev, &stats);
+            }
+            if pub_tx.try_send(ev).is_err() {
+                stats.publish_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    };
+    source_cancel.cancel();
+    drop(hash_tx);
+    drop(pub_tx);
+    while source_tasks.join_next().await.is_some() {}
+    let _ = publisher.await;
+    // Whatever is still buffered is committed before we return.
+    let (ledger, r) = blocking(move || { let mut l = ledger; let r = l.commit(); (l, r) }).await?;
+    r?;
+    result.map(|()| ledger)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Task(format!("ledger task: {e}")))
+}
+
+fn append_batch(ledger: &mut LedgerWriter, batch: &mut [ProcessEvent]) -> Result<(), daemoneye_lib::ledger::LedgerError> {
+    for ev in batch.iter_mut() {
+        let kind = if ev.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
+        let time_ns = ev.event_time_ns;
+        ledger.append_with(kind, time_ns, |seq| {
+            ev.seq = seq;
+            ev.encode_to_vec()
+        })?;
+    }
+    ledger.commit()
+}
+
+fn queue_hash(hash_tx: &std::sync::mpsc::SyncSender<HashJob>, ev: &ProcessEvent, stats: &RuntimeStats) {
+    let Some(rec) = &ev.process else { return };
+    let Some(path) = &rec.executable_path else { return };
+    let job = HashJob { pid: rec.pid, process_key: rec.process_key.clone(), path: path.clone() };
+    if hash_tx.try_send(job).is_err() {
+        stats.hash_dropped.fetch_add(1, Relaxed);
+    }
+}
+
+/// Hash workers: each takes a job, hashes the running image, and sends the
+/// result back into the event stream as an `update` event.
+fn spawn_hash_workers(n: usize, hasher: Arc<Hasher>, events: mpsc::Sender<ProcessEvent>) -> std::sync::mpsc::SyncSender<HashJob> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(4096);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        let hasher = Arc::clone(&hasher);
+        let events = events.clone();
+        let spawned = std::thread::Builder::new().name(format!("hash-{i}")).spawn(move || {
+            loop {
+                let job = match rx.lock() {
+                    Ok(guard) => guard.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                let update = hash_update(&hasher, &job);
+                if events.blocking_send(update).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a hash worker thread; executables will not be hashed");
+        }
+    }
+    tx
+}
+
+fn hash_update(hasher: &Hasher, job: &HashJob) -> ProcessEvent {
+    // The running image first: right even when the file at the path was
+    // replaced or deleted since exec. Only when that link is gone (the
+    // process already exited) is the path hashed, which is then the file at
+    // that path when hashed — the best there is for a short-lived process.
+    let proc_exe = PathBuf::from(format!("/proc/{}/exe", job.pid));
+    let path = std::path::Path::new(&job.path);
+    let mut rec = ProcessRecord { pid: job.pid, process_key: job.process_key.clone(), ..Default::default() };
+    let outcome = match hasher.hash_path(&proc_exe) {
+        Err(HashError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let r = hasher.hash_path(path);
+            if r.is_ok() {
+                rec.file_exists = Some(true);
+            }
+            r
+        }
+        other => other,
+    };
+    match outcome {
+        Ok(h) => {
+            rec.executable_hash = Some(h.hex);
+            rec.hash_algorithm = Some(h.algorithm.to_owned());
+        }
+        Err(e) => {
+            tracing::debug!(pid = job.pid, path = %job.path, error = %e, "executable not hashed");
+            if let HashError::Io { source, .. } = &e {
+                match source.kind() {
+                    std::io::ErrorKind::PermissionDenied => rec.accessible = Some(false),
+                    std::io::ErrorKind::NotFound => rec.file_exists = Some(false),
+                    _ => {}
+                }
+            }
+        }
+    }
+    ProcessEvent {
+        seq: 0,
+        event_type: EventType::Update as i32,
+        event_time_ns: now_ns(),
+        source: 0,
+        process: Some(rec),
+        gap: None,
+    }
+}
+
+/// Publishes committed events; reconnects with back-off when the bus is
+/// away. Also sends the status heartbeat.
+async fn publish_loop(
+    mut rx: mpsc::Receiver<ProcessEvent>,
+    config: RuntimeConfig,
+    stats: Arc<RuntimeStats>,
+    cancel: CancellationToken,
+) {
+    let started_ns = now_ns();
+    let mut backoff = Duration::from_millis(100);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rate = RateMeter::new(&stats);
+    'connect: loop {
+        let client = tokio::select! {
+            c = BusClient::connect(&config.bus_socket, &config.client_name) => c,
+            () = cancel.cancelled() => return,
+        };
+        let client = match client {
+            Ok(c) => {
+                tracing::info!(socket = %config.bus_socket.display(), "connected to the event bus");
+                backoff = Duration::from_millis(100);
+                c
+            }
+            Err(e) => {
+                tracing::warn!(socket = %config.bus_socket.display(), error = %e, retry_in = ?backoff, "event bus unavailable; events stay in the ledger");
+                // While disconnected, committed events are not published;
+                // the agent reads them from the ledger.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        ev = rx.recv() => match ev {
+                            Some(_) => { stats.publish_dropped.fetch_add(1, Relaxed); }
+                            None => return,
+                        },
+                        () = cancel.cancelled() => return,
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue 'connect;
+            }
+        };
+        send_status(&client, &config, &stats, started_ns, rate.per_second(&stats)).await;
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    let corr = Correlation { correlation_id: format!("procmond:{}", ev.seq), ..Default::default() };
+                    let payload = Bytes::from(ev.encode_to_vec());
+                    match client.publish(TOPIC_PROCESS_LIFECYCLE, payload, CONTENT_TYPE_PROCESS_EVENT, corr).await {
+                        Ok(()) => { stats.published.fetch_add(1, Relaxed); }
+                        Err(e) => {
+                            stats.publish_dropped.fetch_add(1, Relaxed);
+                            tracing::warn!(seq = ev.seq, error = %e, "publish failed; reconnecting");
+                            continue 'connect;
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    send_status(&client, &config, &stats, started_ns, rate.per_second(&stats)).await;
+                }
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn send_status(client: &BusClient, config: &RuntimeConfig, stats: &RuntimeStats, started_ns: i64, eps: f64) {
+    let status = CollectorStatus {
+        backend: config.backend.clone(),
+        backend_notes: config.backend_notes.clone(),
+        pid: std::process::id(),
+        started_ns,
+        events_published: stats.published.load(Relaxed),
+        events_lost: stats.lost.load(Relaxed),
+        ledger_head: stats.ledger_head.load(Relaxed),
+        events_per_second: eps,
+    };
+    let corr = Correlation { correlation_id: format!("status:{}", now_ns()), ..Default::default() };
+    if let Err(e) = client
+        .publish(TOPIC_COLLECTOR_STATUS, Bytes::from(status.encode_to_vec()), CONTENT_TYPE_COLLECTOR_STATUS, corr)
+        .await
+    {
+        tracing::debug!(error = %e, "status heartbeat not sent");
+    }
+}
+
+/// Events per second over the last heartbeat interval.
+struct RateMeter {
+    at: Instant,
+    committed: u64,
+}
+
+impl RateMeter {
+    fn new(stats: &RuntimeStats) -> Self {
+        Self { at: Instant::now(), committed: stats.committed.load(Relaxed) }
+    }
+
+    fn per_second(&mut self, stats: &RuntimeStats) -> f64 {
+        let now = stats.committed.load(Relaxed);
+        let secs = self.at.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { (now - self.committed) as f64 / secs } else { 0.0 };
+        self.at = Instant::now();
+        self.committed = now;
+        rate
+    }
+}
