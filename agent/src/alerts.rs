@@ -70,13 +70,13 @@ impl AlertManager {
         let row = row_object(m.columns, m.row);
         let dedupe_key = dedupe_key(m, &row);
         let window = m.rule.dedupe.as_ref().and_then(|d| d.window).unwrap_or(self.window);
-        if let Some(seen) = self.recent.get_mut(&dedupe_key) {
-            if now - seen.alert.last_seen_ms <= window_ms(window) {
-                seen.alert.occurrences += 1;
-                seen.alert.last_seen_ms = now;
-                self.store.put_alert(&seen.alert)?;
-                return Ok(None);
-            }
+        if let Some(seen) = self.recent.get_mut(&dedupe_key)
+            && now - seen.alert.last_seen_ms <= window_ms(window)
+        {
+            seen.alert.occurrences += 1;
+            seen.alert.last_seen_ms = now;
+            self.store.put_alert(&seen.alert)?;
+            return Ok(None);
         }
         let pid = int_col(&row, "pid")
             .and_then(|p| u32::try_from(p).ok())
@@ -138,8 +138,8 @@ fn dedupe_key(m: &Match<'_>, row: &Map<String, Json>) -> String {
         }
         return key;
     }
-    let process_key = str_col(row, "process_key")
-        .or_else(|| m.event.and_then(|e| e.process.as_ref()).map(|r| r.process_key.clone()));
+    let process_key =
+        str_col(row, "process_key").or_else(|| m.event.and_then(|e| e.process.as_ref()).map(|r| r.process_key.clone()));
     key.push('|');
     match process_key {
         Some(pk) if !pk.is_empty() => key.push_str(&pk),
@@ -149,11 +149,7 @@ fn dedupe_key(m: &Match<'_>, row: &Map<String, Json>) -> String {
 }
 
 fn row_object(columns: &[String], row: &[Value]) -> Map<String, Json> {
-    columns
-        .iter()
-        .zip(row)
-        .map(|(c, v)| (c.clone(), value_json(v)))
-        .collect()
+    columns.iter().zip(row).map(|(c, v)| (c.clone(), value_json(v))).collect()
 }
 
 /// A SQL value as JSON.

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use daemoneye_lib::detection::{Params, Query, Value};
 use daemoneye_lib::proto::agent_api_server::{AgentApi, AgentApiServer};
 use daemoneye_lib::proto::{
-    ComponentHealth, HealthRequest, HealthResponse, HealthStatus, ListAlertsRequest,
-    ListAlertsResponse, QueryRequest, QueryResponse, SqlRow, SqlValue, sql_value,
+    ComponentHealth, HealthRequest, HealthResponse, HealthStatus, ListAlertsRequest, ListAlertsResponse, QueryRequest,
+    QueryResponse, SqlRow, SqlValue, sql_value,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -29,11 +29,10 @@ pub struct Api {
 pub async fn serve(shared: Arc<Shared>, socket: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context as _;
     if socket.exists() {
-        std::fs::remove_file(socket)
-            .with_context(|| format!("removing stale agent socket {}", socket.display()))?;
+        std::fs::remove_file(socket).with_context(|| format!("removing stale agent socket {}", socket.display()))?;
     }
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("binding the agent API socket {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding the agent API socket {}", socket.display()))?;
     set_mode(socket, 0o660)?;
     let api = Api { shared, started_ms: daemoneye_lib::models::time::now_ms() };
     tracing::info!(socket = %socket.display(), "agent API listening");

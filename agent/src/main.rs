@@ -13,8 +13,7 @@ use daemoneye_eventbus::{Broker, BrokerConfig};
 use daemoneye_lib::config::{Backend, Config, LoadOptions};
 use daemoneye_lib::detection::{Limits, load_rules_dir};
 use daemoneye_lib::proto::{
-    BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS,
-    TOPIC_PROCESS_LIFECYCLE,
+    BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
 };
 use daemoneye_lib::telemetry::{LogFormat, init_logging};
 use prost::Message;
@@ -23,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use daemoneye_agent::alerts::AlertManager;
+use daemoneye_agent::api;
 use daemoneye_agent::health::Health;
 use daemoneye_agent::pipeline::{self, Incoming, Shared};
 use daemoneye_agent::store::Store;
 use daemoneye_agent::supervisor::{ProcmondCommand, supervise};
 use daemoneye_agent::table::ProcessTable;
-use daemoneye_agent::api;
 
 /// DaemonEye detection agent.
 ///
@@ -123,11 +122,7 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
     health.rules_failed.store(u32::try_from(rules.errors.len()).unwrap_or(u32::MAX), Relaxed);
 
     let alerts = AlertManager::new(Arc::clone(&store), config.alerts.dedupe_window, config.alerts.stdout)?;
-    let limits = Limits {
-        timeout: config.rules.query_timeout,
-        max_rows: config.rules.max_rows,
-        ..Limits::default()
-    };
+    let limits = Limits { timeout: config.rules.query_timeout, max_rows: config.rules.max_rows, ..Limits::default() };
     let shared = Arc::new(Shared {
         store,
         table: RwLock::new(table),

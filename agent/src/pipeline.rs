@@ -101,12 +101,12 @@ pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>) {
 fn process_batch(shared: &Shared, mut batch: Vec<Incoming>) {
     Health::add(&shared.health.events_received, batch.len() as u64);
     let last = shared.health.last_applied_seq.load(Relaxed);
-    if let Some(first_seq) = batch.iter().map(|i| i.event.seq).filter(|s| *s > last).min() {
-        if first_seq > last + 1 {
-            Health::add(&shared.health.seq_gaps, 1);
-            tracing::info!(from = last + 1, to = first_seq - 1, "sequence gap on the bus; reading the ledger");
-            catch_up(shared, Some(first_seq));
-        }
+    if let Some(first_seq) = batch.iter().map(|i| i.event.seq).filter(|s| *s > last).min()
+        && first_seq > last + 1
+    {
+        Health::add(&shared.health.seq_gaps, 1);
+        tracing::info!(from = last + 1, to = first_seq - 1, "sequence gap on the bus; reading the ledger");
+        catch_up(shared, Some(first_seq));
     }
     batch.retain(|i| i.event.seq > shared.health.last_applied_seq.load(Relaxed));
     batch.sort_by_key(|i| i.event.seq);
@@ -238,13 +238,7 @@ fn evaluate_streaming(shared: &Shared, batch: &[Incoming], states: &[Option<daem
     let mut alerts = shared.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for (i, r, columns, row) in &matches {
         let (Some(inc), Some(lr)) = (batch.get(*i), rules.rules.get(*r)) else { continue };
-        let m = Match {
-            rule: &lr.rule,
-            columns,
-            row,
-            event: Some(&inc.event),
-            correlation_id: &inc.correlation_id,
-        };
+        let m = Match { rule: &lr.rule, columns, row, event: Some(&inc.event), correlation_id: &inc.correlation_id };
         match alerts.raise(&m) {
             Ok(Some(_)) => Health::add(&shared.health.alerts_raised, 1),
             Ok(None) => {}

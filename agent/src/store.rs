@@ -16,14 +16,11 @@ use std::path::{Path, PathBuf};
 use daemoneye_lib::models::apply_event;
 use daemoneye_lib::proto::{Alert, ProcessEvent, ProcessState};
 use prost::Message;
-use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 
 const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
 const BY_PID: MultimapTableDefinition<u32, &str> = MultimapTableDefinition::new("processes_by_pid");
-const BY_PARENT: MultimapTableDefinition<&str, &str> =
-    MultimapTableDefinition::new("processes_by_parent");
+const BY_PARENT: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("processes_by_parent");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("process_events");
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 const ALERT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("alert_order");
@@ -47,7 +44,9 @@ pub enum StoreError {
         source: Box<redb::Error>,
     },
     /// A stored value does not decode: the file is damaged or from another version.
-    #[error("process store {path}: corrupt {table} entry {key}: {reason}; move the file aside to rebuild it from the ledger")]
+    #[error(
+        "process store {path}: corrupt {table} entry {key}: {reason}; move the file aside to rebuild it from the ledger"
+    )]
     Corrupt {
         /// The store file.
         path: PathBuf,
@@ -59,7 +58,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The file was written by a newer schema.
-    #[error("process store {path} has schema version {found}, this agent knows {SCHEMA_VERSION}: upgrade the agent or move the file aside")]
+    #[error(
+        "process store {path} has schema version {found}, this agent knows {SCHEMA_VERSION}: upgrade the agent or move the file aside"
+    )]
     Schema {
         /// The store file.
         path: PathBuf,
@@ -91,11 +92,7 @@ trait Ctx<T> {
 }
 impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
     fn ctx(self, path: &Path, what: &'static str) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Db {
-            path: path.to_owned(),
-            what,
-            source: Box::new(e.into()),
-        })
+        self.map_err(|e| StoreError::Db { path: path.to_owned(), what, source: Box::new(e.into()) })
     }
 }
 
@@ -171,8 +168,7 @@ impl Store {
             let mut by_parent = txn.open_multimap_table(BY_PARENT).ctx(p, "opening index")?;
             let mut evs = txn.open_table(EVENTS).ctx(p, "opening process_events")?;
             // Rows touched earlier in this batch win over the caller's view.
-            let mut batch_rows: std::collections::HashMap<String, ProcessState> =
-                std::collections::HashMap::new();
+            let mut batch_rows: std::collections::HashMap<String, ProcessState> = std::collections::HashMap::new();
             for ev in events {
                 if ev.seq != 0 && ev.seq <= last {
                     out.duplicates += 1;
@@ -337,7 +333,8 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let store = Store::open(&path).unwrap();
-            let batch = [ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exec, "b", 11), ev(3, EventType::Exit, "a", 10)];
+            let batch =
+                [ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exec, "b", 11), ev(3, EventType::Exit, "a", 10)];
             let out = store.apply_batch(&batch, &|_| None).unwrap();
             assert_eq!(out.last_applied_seq, 3);
             assert!(!out.states[2].as_ref().unwrap().is_alive);
@@ -358,7 +355,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         store
-            .apply_batch(&[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)], &|_| None)
+            .apply_batch(
+                &[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)],
+                &|_| None,
+            )
             .unwrap();
         let removed = store.prune(2_500_000_000, 1_500_000_000).unwrap();
         assert_eq!(removed, vec!["a".to_string()]);

@@ -32,11 +32,7 @@ pub async fn supervise(cmd: ProcmondCommand, health: Arc<Health>, cancel: Cancel
     let mut backoff = cmd.backoff_min;
     loop {
         let started = Instant::now();
-        let mut child = match Command::new(&cmd.binary)
-            .args(&cmd.args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+        let mut child = match Command::new(&cmd.binary).args(&cmd.args).stdin(Stdio::null()).kill_on_drop(true).spawn()
         {
             Ok(c) => c,
             Err(e) => {

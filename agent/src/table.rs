@@ -54,12 +54,8 @@ impl ProcessTable {
         let Some(rec) = state.record.as_ref() else { return };
         let key = rec.process_key.clone();
         if let Some(old) = self.rows.get(&key) {
-            let (old_pid, old_parent) = old
-                .state
-                .record
-                .as_ref()
-                .map(|r| (r.pid, r.parent_key.clone()))
-                .unwrap_or_default();
+            let (old_pid, old_parent) =
+                old.state.record.as_ref().map(|r| (r.pid, r.parent_key.clone())).unwrap_or_default();
             self.unindex(&key, old_pid, old_parent.as_deref());
         }
         self.by_pid.entry(rec.pid).or_default().push(key.clone());
@@ -72,10 +68,10 @@ impl ProcessTable {
 
     /// Removes a row.
     pub fn remove(&mut self, key: &str) {
-        if let Some(old) = self.rows.remove(key) {
-            if let Some(r) = old.state.record {
-                self.unindex(key, r.pid, r.parent_key.as_deref());
-            }
+        if let Some(old) = self.rows.remove(key)
+            && let Some(r) = old.state.record
+        {
+            self.unindex(key, r.pid, r.parent_key.as_deref());
         }
     }
 
@@ -86,12 +82,12 @@ impl ProcessTable {
                 self.by_pid.remove(&pid);
             }
         }
-        if let Some(p) = parent {
-            if let Some(v) = self.by_parent.get_mut(p) {
-                v.retain(|k| k != key);
-                if v.is_empty() {
-                    self.by_parent.remove(p);
-                }
+        if let Some(p) = parent
+            && let Some(v) = self.by_parent.get_mut(p)
+        {
+            v.retain(|k| k != key);
+            if v.is_empty() {
+                self.by_parent.remove(p);
             }
         }
     }
@@ -103,21 +99,16 @@ impl ProcessTable {
     }
 
     fn rows_for_keys<'a>(&'a self, keys: Option<&'a Vec<String>>) -> Vec<RowRef<'a>> {
-        keys.map(|ks| {
-            ks.iter()
-                .filter_map(|k| self.rows.get(k))
-                .map(|e| Cow::Borrowed(e.row.as_slice()))
-                .collect()
-        })
-        .unwrap_or_default()
+        keys.map(|ks| ks.iter().filter_map(|k| self.rows.get(k)).map(|e| Cow::Borrowed(e.row.as_slice())).collect())
+            .unwrap_or_default()
     }
 
     fn lookup_processes(&self, column: usize, key: &Value) -> Option<Vec<RowRef<'_>>> {
         let name = Table::Processes.columns().get(column)?.name;
         match (name, key) {
-            ("process_key", Value::Text(k)) => Some(
-                self.rows.get(k).map(|e| Cow::Borrowed(e.row.as_slice())).into_iter().collect(),
-            ),
+            ("process_key", Value::Text(k)) => {
+                Some(self.rows.get(k).map(|e| Cow::Borrowed(e.row.as_slice())).into_iter().collect())
+            }
             ("pid", Value::Integer(pid)) => {
                 Some(u32::try_from(*pid).map_or_else(|_| Vec::new(), |p| self.rows_for_keys(self.by_pid.get(&p))))
             }
@@ -159,13 +150,7 @@ impl<'a> QueryTables<'a> {
     }
 
     fn new(processes: &'a ProcessTable, store: Option<&'a Store>) -> Self {
-        Self {
-            processes,
-            store,
-            events: OnceLock::new(),
-            alerts: OnceLock::new(),
-            load_error: Mutex::new(None),
-        }
+        Self { processes, store, events: OnceLock::new(), alerts: OnceLock::new(), load_error: Mutex::new(None) }
     }
 
     /// A store error met while loading events or alerts during the query;
@@ -218,9 +203,7 @@ impl<'a> QueryTables<'a> {
 impl TableProvider for QueryTables<'_> {
     fn scan(&self, table: Table) -> Box<dyn Iterator<Item = RowRef<'_>> + '_> {
         match table {
-            Table::Processes => {
-                Box::new(self.processes.rows.values().map(|e| Cow::Borrowed(e.row.as_slice())))
-            }
+            Table::Processes => Box::new(self.processes.rows.values().map(|e| Cow::Borrowed(e.row.as_slice()))),
             Table::ProcessEvents => Box::new(self.events().iter().map(|r| Cow::Borrowed(r.as_slice()))),
             Table::Alerts => Box::new(self.alerts().iter().map(|r| Cow::Borrowed(r.as_slice()))),
         }

@@ -37,10 +37,9 @@ pub(crate) async fn connect(socket: &Path) -> anyhow::Result<Client> {
 pub(crate) fn status_error(what: &str, s: &tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::InvalidArgument => anyhow::anyhow!("{what}: {}", s.message()),
-        tonic::Code::Unavailable => anyhow::anyhow!(
-            "{what}: the agent is unavailable ({}); check that daemoneye-agent is running",
-            s.message()
-        ),
+        tonic::Code::Unavailable => {
+            anyhow::anyhow!("{what}: the agent is unavailable ({}); check that daemoneye-agent is running", s.message())
+        }
         code => anyhow::anyhow!("{what}: {} ({code:?})", s.message()),
     }
 }

@@ -146,11 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 params: params.iter().map(|p| parse_param(p)).collect(),
                 max_rows: max_rows.unwrap_or(0),
             };
-            let resp = client
-                .query(req)
-                .await
-                .map_err(|s| client::status_error("query failed", &s))?
-                .into_inner();
+            let resp = client.query(req).await.map_err(|s| client::status_error("query failed", &s))?.into_inner();
             let grid = Grid {
                 columns: resp.columns,
                 rows: resp.rows.iter().map(|r| r.values.iter().map(sql_json).collect()).collect(),
@@ -175,13 +171,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     writeln!(stdout)?;
                 }
                 f => {
-                    let columns = ["id", "alert_time", "severity", "rule_id", "pid", "process_key", "occurrences", "title"];
+                    let columns =
+                        ["id", "alert_time", "severity", "rule_id", "pid", "process_key", "occurrences", "title"];
                     let grid = Grid {
                         columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-                        rows: alerts
-                            .iter()
-                            .map(|a| columns.iter().map(|c| a[*c].clone()).collect())
-                            .collect(),
+                        rows: alerts.iter().map(|a| columns.iter().map(|c| a[*c].clone()).collect()).collect(),
                     };
                     grid.write(f, &mut stdout)?;
                 }
@@ -292,9 +286,7 @@ async fn health(cli: &Cli, stdout: &mut dyn Write) -> anyhow::Result<ExitCode> {
 /// `name=value` binds `:name`; a bare value binds the next `?`.
 fn parse_param(p: &str) -> QueryParam {
     let (name, raw) = match p.split_once('=') {
-        Some((n, v)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-            (n.to_owned(), v)
-        }
+        Some((n, v)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => (n.to_owned(), v),
         _ => (String::new(), p),
     };
     let value = if let Ok(i) = raw.parse::<i64>() {

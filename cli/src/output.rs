@@ -37,11 +37,7 @@ impl Grid {
                 let arr: Vec<Json> = self
                     .rows
                     .iter()
-                    .map(|r| {
-                        Json::Object(
-                            self.columns.iter().cloned().zip(r.iter().cloned()).collect::<Map<_, _>>(),
-                        )
-                    })
+                    .map(|r| Json::Object(self.columns.iter().cloned().zip(r.iter().cloned()).collect::<Map<_, _>>()))
                     .collect();
                 serde_json::to_writer_pretty(&mut *out, &arr)?;
                 writeln!(out)?;

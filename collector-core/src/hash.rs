@@ -168,20 +168,12 @@ impl Hasher {
 
     /// [`Hasher::hash_path`] with a hook run after the first `fstat`, before
     /// the read (tests use it to change the file mid-hash).
-    fn hash_path_with(
-        &self,
-        path: &Path,
-        mid_read: &mut dyn FnMut(),
-    ) -> Result<HashOutcome, HashError> {
+    fn hash_path_with(&self, path: &Path, mid_read: &mut dyn FnMut()) -> Result<HashOutcome, HashError> {
         let result = self.hash_inner(path, mid_read);
         let counter = match &result {
             Ok(o) if o.from_cache => &self.cache_hits,
             Ok(_) => &self.hashed,
-            Err(
-                HashError::Symlink { .. }
-                | HashError::NotRegular { .. }
-                | HashError::TooLarge { .. },
-            ) => &self.refused,
+            Err(HashError::Symlink { .. } | HashError::NotRegular { .. } | HashError::TooLarge { .. }) => &self.refused,
             Err(HashError::Changed { .. }) => &self.changed,
             Err(HashError::Io { .. }) => &self.errors,
         };
@@ -192,90 +184,52 @@ impl Hasher {
         result
     }
 
-    fn hash_inner(
-        &self,
-        path: &Path,
-        mid_read: &mut dyn FnMut(),
-    ) -> Result<HashOutcome, HashError> {
-        let io_err = |source: io::Error| HashError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = open_no_follow(path).map_err(|e| {
-            if is_eloop(&e) {
-                HashError::Symlink {
-                    path: path.to_owned(),
-                }
-            } else {
-                io_err(e)
-            }
-        })?;
+    fn hash_inner(&self, path: &Path, mid_read: &mut dyn FnMut()) -> Result<HashOutcome, HashError> {
+        let io_err = |source: io::Error| HashError::Io { path: path.to_owned(), source };
+        let file = open_no_follow(path)
+            .map_err(|e| if is_eloop(&e) { HashError::Symlink { path: path.to_owned() } } else { io_err(e) })?;
         let before = file.metadata().map_err(io_err)?;
         let kind = file_kind(&before);
         if kind != "regular file" {
-            return Err(HashError::NotRegular {
-                path: path.to_owned(),
-                kind,
-            });
+            return Err(HashError::NotRegular { path: path.to_owned(), kind });
         }
         if before.len() > self.max_size {
-            return Err(HashError::TooLarge {
-                path: path.to_owned(),
-                size: before.len(),
-                max: self.max_size,
-            });
+            return Err(HashError::TooLarge { path: path.to_owned(), size: before.len(), max: self.max_size });
         }
         let key = CacheKey::of(&before);
         if let Some(hex) = self.lock_cache().get(&key) {
-            return Ok(HashOutcome {
-                hex,
-                algorithm: SHA256,
-                from_cache: true,
-            });
+            return Ok(HashOutcome { hex, algorithm: SHA256, from_cache: true });
         }
         mid_read();
         let (hex, read) = sha256_of(&file, self.max_size).map_err(io_err)?;
         let after = file.metadata().map_err(io_err)?;
         if CacheKey::of(&after) != key || read != before.len() {
-            return Err(HashError::Changed {
-                path: path.to_owned(),
-            });
+            return Err(HashError::Changed { path: path.to_owned() });
         }
         self.bytes_hashed.fetch_add(read, Ordering::Relaxed);
         self.lock_cache().insert(key, hex.clone());
-        Ok(HashOutcome {
-            hex,
-            algorithm: SHA256,
-            from_cache: false,
-        })
+        Ok(HashOutcome { hex, algorithm: SHA256, from_cache: false })
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while the lock was held cannot leave the map inconsistent
         // (every mutation is a single std call), so a poisoned lock is usable.
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// True for `/proc/<pid>/exe`, `/proc/self/exe` and `/proc/thread-self/exe`.
 pub fn is_proc_exe_link(path: &Path) -> bool {
     let Some(s) = path.to_str() else { return false };
-    let Some(rest) = s
-        .strip_prefix("/proc/")
-        .and_then(|r| r.strip_suffix("/exe"))
-    else {
+    let Some(rest) = s.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/exe")) else {
         return false;
     };
     rest == "self"
         || rest == "thread-self"
         || (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
-        || rest.split_once("/task/").is_some_and(|(p, t)| {
-            [p, t]
-                .iter()
-                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-        })
+        || rest
+            .split_once("/task/")
+            .is_some_and(|(p, t)| [p, t].iter().all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit())))
 }
 
 fn open_no_follow(path: &Path) -> io::Result<File> {
@@ -383,20 +337,9 @@ impl CacheKey {
         let ns = |t: io::Result<std::time::SystemTime>| {
             t.ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or((0, 0), |d| {
-                    (
-                        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                        i64::from(d.subsec_nanos()),
-                    )
-                })
+                .map_or((0, 0), |d| (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), i64::from(d.subsec_nanos())))
         };
-        Self {
-            dev: 0,
-            ino: 0,
-            size: meta.len(),
-            mtime: ns(meta.modified()),
-            ctime: ns(meta.created()),
-        }
+        Self { dev: 0, ino: 0, size: meta.len(), mtime: ns(meta.modified()), ctime: ns(meta.created()) }
     }
 }
 
@@ -412,11 +355,7 @@ struct Cache {
 
 impl Cache {
     fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-        }
+        Self { capacity, entries: HashMap::new(), order: VecDeque::new() }
     }
 
     fn len(&self) -> usize {

@@ -51,10 +51,7 @@ fn empty_file_and_real_binary() {
     let path = dir.path().join("empty");
     write(&path, b"");
     let h = Hasher::new(1 << 30, 16);
-    assert_eq!(
-        h.hash_path(&path).unwrap().hex,
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    );
+    assert_eq!(h.hash_path(&path).unwrap().hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     let exe = std::env::current_exe().unwrap();
     let expected = sha256_hex(&std::fs::read(&exe).unwrap());
     assert_eq!(h.hash_path(&exe).unwrap().hex, expected);
@@ -69,13 +66,7 @@ fn modified_and_touched_files_are_rehashed() {
     let v1 = h.hash_path(&path).unwrap();
     // Rewrite in place (same inode, new contents, new mtime/ctime).
     std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap()
-        .write_all(b"version two")
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap().write_all(b"version two").unwrap();
     let v2 = h.hash_path(&path).unwrap();
     assert!(!v2.from_cache);
     assert_eq!(v2.hex, sha256_hex(b"version two"));
@@ -106,12 +97,7 @@ fn a_file_changed_during_the_read_is_not_hashed() {
     let p2 = path.clone();
     let err = h
         .hash_path_with(&path, &mut || {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&p2)
-                .unwrap()
-                .write_all(b" grown")
-                .unwrap();
+            std::fs::OpenOptions::new().append(true).open(&p2).unwrap().write_all(b" grown").unwrap();
         })
         .unwrap_err();
     assert!(matches!(err, HashError::Changed { .. }), "{err}");
@@ -133,37 +119,15 @@ fn symlinks_oversized_dirs_and_fifos_are_refused() {
     let err = h.hash_path(&link).unwrap_err();
     assert!(matches!(err, HashError::Symlink { .. }), "{err}");
     let err = h.hash_path(&target).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            HashError::TooLarge {
-                size: 10,
-                max: 5,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, HashError::TooLarge { size: 10, max: 5, .. }), "{err}");
     assert!(err.to_string().contains("limit"));
     let err = h.hash_path(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            HashError::NotRegular {
-                kind: "directory",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, HashError::NotRegular { kind: "directory", .. }), "{err}");
     let fifo = dir.path().join("fifo");
     nix_mkfifo(&fifo);
     // Must not block waiting for a writer.
     let err = h.hash_path(&fifo).unwrap_err();
-    assert!(
-        matches!(err, HashError::NotRegular { kind: "FIFO", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, HashError::NotRegular { kind: "FIFO", .. }), "{err}");
     let err = h.hash_path(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, HashError::Io { .. }), "{err}");
     let st = h.stats();
@@ -179,10 +143,7 @@ fn nix_mkfifo(path: &Path) {
 fn proc_exe_hashes_the_running_image_even_when_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("sleep-copy");
-    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists());
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"].into_iter().map(Path::new).find(|p| p.exists());
     let Some(sleep) = sleep else {
         eprintln!("skipped: no sleep binary");
         return;

@@ -48,16 +48,9 @@ impl<E: ProcessEnumerator> PollSource<E> {
 
     /// A poll source over `enumerator`, every [`Self::DEFAULT_INTERVAL`].
     pub fn new(enumerator: E) -> Self {
-        let snapshot_source = if cfg!(target_os = "linux") {
-            proto::EventSource::Procfs
-        } else {
-            proto::EventSource::Poll
-        };
-        Self {
-            enumerator,
-            interval: Self::DEFAULT_INTERVAL,
-            snapshot_source,
-        }
+        let snapshot_source =
+            if cfg!(target_os = "linux") { proto::EventSource::Procfs } else { proto::EventSource::Poll };
+        Self { enumerator, interval: Self::DEFAULT_INTERVAL, snapshot_source }
     }
 
     /// Polls every `interval` (at least 10 ms).
@@ -75,19 +68,12 @@ impl<E: ProcessEnumerator> PollSource<E> {
     }
 
     async fn run_loop(self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
-        let Self {
-            enumerator,
-            interval,
-            snapshot_source,
-        } = self;
+        let Self { enumerator, interval, snapshot_source } = self;
         let mut enumerator = Some(enumerator);
         let mut differ = Differ::new(snapshot_source);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(
-            interval_ms = interval.as_millis() as u64,
-            "poll source started (lossy backend)"
-        );
+        tracing::info!(interval_ms = interval.as_millis() as u64, "poll source started (lossy backend)");
         loop {
             tokio::select! {
                 biased;
@@ -114,11 +100,7 @@ impl<E: ProcessEnumerator> PollSource<E> {
                 }
             };
             let events = differ.round(records, now_ns());
-            tracing::debug!(
-                events = events.len(),
-                known = differ.known.len(),
-                "poll round"
-            );
+            tracing::debug!(events = events.len(), known = differ.known.len(), "poll round");
             for ev in events {
                 if !sink.send_or_cancel(ev, &cancel).await? {
                     return Ok(());
@@ -152,11 +134,7 @@ pub(crate) struct Differ {
 
 impl Differ {
     pub(crate) fn new(snapshot_source: proto::EventSource) -> Self {
-        Self {
-            known: HashMap::new(),
-            first: true,
-            snapshot_source,
-        }
+        Self { known: HashMap::new(), first: true, snapshot_source }
     }
 
     /// Diffs one round against the previous one and returns its events.
@@ -211,11 +189,7 @@ impl Differ {
         } else {
             (EventType::Exec, proto::EventSource::Poll)
         };
-        events.extend(
-            parents_first(started)
-                .into_iter()
-                .map(|r| event(kind, source, now, r)),
-        );
+        events.extend(parents_first(started).into_iter().map(|r| event(kind, source, now, r)));
         events
     }
 }
@@ -228,12 +202,7 @@ fn image_changed(old: &ProcessRecord, new: &ProcessRecord) -> bool {
     path || argv
 }
 
-fn event(
-    kind: EventType,
-    source: proto::EventSource,
-    now: i64,
-    rec: ProcessRecord,
-) -> ProcessEvent {
+fn event(kind: EventType, source: proto::EventSource, now: i64, rec: ProcessRecord) -> ProcessEvent {
     ProcessEvent {
         seq: 0,
         event_type: kind as i32,
@@ -249,11 +218,7 @@ fn event(
 /// sysinfo — so a child may tie with its parent).
 pub(crate) fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecord> {
     records.sort_by_key(|r| (r.start_time_ns, r.pid));
-    let index: HashMap<String, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.process_key.clone(), i))
-        .collect();
+    let index: HashMap<String, usize> = records.iter().enumerate().map(|(i, r)| (r.process_key.clone(), i)).collect();
     let mut emitted = vec![false; records.len()];
     let mut order = Vec::with_capacity(records.len());
     for i in 0..records.len() {
@@ -265,11 +230,7 @@ pub(crate) fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecor
                 break;
             }
             chain.push(c);
-            cur = records[c]
-                .parent_key
-                .as_ref()
-                .and_then(|k| index.get(k))
-                .copied();
+            cur = records[c].parent_key.as_ref().and_then(|k| index.get(k)).copied();
         }
         for &c in chain.iter().rev() {
             emitted[c] = true;
@@ -277,10 +238,7 @@ pub(crate) fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecor
         }
     }
     let mut slots: Vec<Option<ProcessRecord>> = records.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
-        .collect()
+    order.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect()
 }
 
 #[cfg(test)]

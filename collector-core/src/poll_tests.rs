@@ -13,24 +13,13 @@ fn rec(pid: u32, start: i64, parent: Option<&str>, exe: &str, args: &[&str]) -> 
         parent_key: parent.map(str::to_owned),
         start_time_ns: Some(start),
         executable_path: Some(exe.into()),
-        argv: Some(Argv {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            truncated: false,
-        }),
+        argv: Some(Argv { args: args.iter().map(|s| s.to_string()).collect(), truncated: false }),
         ..ProcessRecord::default()
     }
 }
 
 fn kinds(events: &[ProcessEvent]) -> Vec<(EventType, String)> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.event_type(),
-                e.process.as_ref().unwrap().process_key.clone(),
-            )
-        })
-        .collect()
+    events.iter().map(|e| (e.event_type(), e.process.as_ref().unwrap().process_key.clone())).collect()
 }
 
 #[test]
@@ -50,36 +39,20 @@ fn first_round_is_a_snapshot_parents_first() {
             (EventType::Snapshot, "b-5-100".into()),
         ]
     );
-    assert!(
-        ev.iter().all(|e| e.source() == proto::EventSource::Procfs
-            && e.seq == 0
-            && e.event_time_ns == 7)
-    );
+    assert!(ev.iter().all(|e| e.source() == proto::EventSource::Procfs && e.seq == 0 && e.event_time_ns == 7));
     // Nothing changed: nothing to say.
     let again = vec![rec(1, 1, None, "/sbin/init", &["init"])];
     let ev = d.round(again, 8);
     // Children exit before their parents.
-    assert_eq!(
-        kinds(&ev),
-        vec![
-            (EventType::Exit, "b-5-100".into()),
-            (EventType::Exit, "b-900-100".into())
-        ]
-    );
-    assert!(
-        d.round(vec![rec(1, 1, None, "/sbin/init", &["init"])], 9)
-            .is_empty()
-    );
+    assert_eq!(kinds(&ev), vec![(EventType::Exit, "b-5-100".into()), (EventType::Exit, "b-900-100".into())]);
+    assert!(d.round(vec![rec(1, 1, None, "/sbin/init", &["init"])], 9).is_empty());
 }
 
 #[test]
 fn new_vanished_reused_and_exec_in_place() {
     let mut d = Differ::new(proto::EventSource::Procfs);
     d.round(
-        vec![
-            rec(1, 1, None, "/sbin/init", &["init"]),
-            rec(42, 50, Some("b-1-1"), "/bin/sleep", &["sleep", "9"]),
-        ],
+        vec![rec(1, 1, None, "/sbin/init", &["init"]), rec(42, 50, Some("b-1-1"), "/bin/sleep", &["sleep", "9"])],
         1,
     );
     // pid 42 reused by a new process; pid 43 new child of it; pid 1 execs in place.
@@ -99,19 +72,10 @@ fn new_vanished_reused_and_exec_in_place() {
         ]
     );
     let exit = ev[0].process.as_ref().unwrap();
-    assert_eq!(
-        (exit.pid, exit.exit_time_ns, exit.exit_code),
-        (42, Some(2), None)
-    );
-    assert_eq!(
-        exit.executable_path, None,
-        "exit is a delta: identity and exit time only"
-    );
+    assert_eq!((exit.pid, exit.exit_time_ns, exit.exit_code), (42, Some(2), None));
+    assert_eq!(exit.executable_path, None, "exit is a delta: identity and exit time only");
     assert!(ev.iter().all(|e| e.source() == proto::EventSource::Poll));
-    assert_eq!(
-        ev[1].process.as_ref().unwrap().executable_path.as_deref(),
-        Some("/lib/systemd/systemd")
-    );
+    assert_eq!(ev[1].process.as_ref().unwrap().executable_path.as_deref(), Some("/lib/systemd/systemd"));
     // argv-only change is an exec too.
     let ev = d.round(
         vec![
@@ -130,29 +94,12 @@ fn unreadable_fields_are_not_an_exec() {
     d.round(vec![rec(7, 1, None, "/bin/x", &["x"])], 1);
     // A zombie: no exe, no argv. Not an exec; and when it comes back the
     // same, not an exec either.
-    let zombie = ProcessRecord {
-        executable_path: None,
-        argv: None,
-        ..rec(7, 1, None, "", &[])
-    };
+    let zombie = ProcessRecord { executable_path: None, argv: None, ..rec(7, 1, None, "", &[]) };
     assert!(d.round(vec![zombie], 2).is_empty());
-    assert!(
-        d.round(vec![rec(7, 1, None, "/bin/x", &["x"])], 3)
-            .is_empty()
-    );
+    assert!(d.round(vec![rec(7, 1, None, "/bin/x", &["x"])], 3).is_empty());
     // Keyless and duplicate records are ignored.
-    let keyless = ProcessRecord {
-        pid: 9,
-        ..ProcessRecord::default()
-    };
-    let ev = d.round(
-        vec![
-            keyless,
-            rec(7, 1, None, "/bin/x", &["x"]),
-            rec(7, 1, None, "/bin/x", &["x"]),
-        ],
-        4,
-    );
+    let keyless = ProcessRecord { pid: 9, ..ProcessRecord::default() };
+    let ev = d.round(vec![keyless, rec(7, 1, None, "/bin/x", &["x"]), rec(7, 1, None, "/bin/x", &["x"])], 4);
     assert!(ev.is_empty());
 }
 
@@ -191,18 +138,11 @@ async fn poll_source_runs_rounds_and_stops_on_cancel() {
     let rounds = VecDeque::from([
         Ok(vec![rec(1, 1, None, "/init", &["init"])]),
         Err("transient".to_string()),
-        Ok(vec![
-            rec(1, 1, None, "/init", &["init"]),
-            rec(2, 2, Some("b-1-1"), "/sh", &["sh"]),
-        ]),
+        Ok(vec![rec(1, 1, None, "/init", &["init"]), rec(2, 2, Some("b-1-1"), "/sh", &["sh"])]),
         Ok(vec![rec(1, 1, None, "/init", &["init"])]),
     ]);
-    let e = Scripted {
-        rounds,
-        last: Vec::new(),
-    };
-    let src: Box<dyn EventSource> =
-        Box::new(PollSource::new(e).with_interval(Duration::from_millis(10)));
+    let e = Scripted { rounds, last: Vec::new() };
+    let src: Box<dyn EventSource> = Box::new(PollSource::new(e).with_interval(Duration::from_millis(10)));
     assert_eq!((src.name(), src.kind()), ("poll", proto::EventSource::Poll));
     let (sink, mut rx) = EventSink::channel(16);
     let cancel = CancellationToken::new();
@@ -225,14 +165,9 @@ async fn poll_source_runs_rounds_and_stops_on_cancel() {
 
 #[tokio::test]
 async fn poll_source_fails_when_the_first_round_fails() {
-    let e = Scripted {
-        rounds: VecDeque::from([Err("no /proc".to_string())]),
-        last: Vec::new(),
-    };
+    let e = Scripted { rounds: VecDeque::from([Err("no /proc".to_string())]), last: Vec::new() };
     let (sink, _rx) = EventSink::channel(4);
-    let r = Box::new(PollSource::new(e))
-        .run(sink, CancellationToken::new())
-        .await;
+    let r = Box::new(PollSource::new(e)).run(sink, CancellationToken::new()).await;
     assert!(matches!(r, Err(SourceError::Enumerate(_))));
 }
 
@@ -242,32 +177,18 @@ async fn sysinfo_enumerator_sees_a_spawned_sleep_and_its_exit() {
     let mut d = Differ::new(proto::EventSource::Procfs);
     let first = d.round(e.enumerate().unwrap(), 1);
     let me = std::process::id();
-    let me_rec = first
-        .iter()
-        .filter_map(|e| e.process.as_ref())
-        .find(|p| p.pid == me)
-        .unwrap()
-        .clone();
+    let me_rec = first.iter().filter_map(|e| e.process.as_ref()).find(|p| p.pid == me).unwrap().clone();
     assert!(me_rec.start_time_ns.is_some() && me_rec.argv.is_some());
 
     let marker = format!("{}.{}", me, 9713);
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .arg(&marker)
-        .spawn()
-        .unwrap();
+    let mut child = std::process::Command::new("sleep").arg("30").arg(&marker).spawn().unwrap();
     let pid = child.id();
     let mut exec = None;
     for i in 0..200 {
         let ev = d.round(e.enumerate().unwrap(), 10 + i);
-        exec = ev
-            .into_iter()
-            .filter(|e| e.event_type() == EventType::Exec)
-            .find_map(|e| {
-                e.process.filter(|p| {
-                    p.pid == pid && p.argv.as_ref().is_some_and(|a| a.args.contains(&marker))
-                })
-            });
+        exec = ev.into_iter().filter(|e| e.event_type() == EventType::Exec).find_map(|e| {
+            e.process.filter(|p| p.pid == pid && p.argv.as_ref().is_some_and(|a| a.args.contains(&marker)))
+        });
         if exec.is_some() {
             break;
         }
@@ -275,16 +196,9 @@ async fn sysinfo_enumerator_sees_a_spawned_sleep_and_its_exit() {
     }
     let exec = exec.expect("the spawned sleep was seen");
     assert_eq!(exec.ppid, Some(me));
-    assert_eq!(
-        exec.parent_key.as_deref(),
-        Some(me_rec.process_key.as_str())
-    );
+    assert_eq!(exec.parent_key.as_deref(), Some(me_rec.process_key.as_str()));
     assert_eq!(exec.name.as_deref(), Some("sleep"));
-    assert!(
-        exec.executable_path
-            .as_deref()
-            .is_some_and(|p| p.ends_with("sleep"))
-    );
+    assert!(exec.executable_path.as_deref().is_some_and(|p| p.ends_with("sleep")));
     #[cfg(unix)]
     assert_eq!(exec.uid, Some(nix_uid()));
 
@@ -294,10 +208,7 @@ async fn sysinfo_enumerator_sees_a_spawned_sleep_and_its_exit() {
     let exit = ev
         .iter()
         .find(|e| {
-            e.event_type() == EventType::Exit
-                && e.process
-                    .as_ref()
-                    .is_some_and(|p| p.process_key == exec.process_key)
+            e.event_type() == EventType::Exit && e.process.as_ref().is_some_and(|p| p.process_key == exec.process_key)
         })
         .expect("the exit was seen");
     assert_eq!(exit.process.as_ref().unwrap().exit_time_ns, Some(1000));
@@ -305,7 +216,5 @@ async fn sysinfo_enumerator_sees_a_spawned_sleep_and_its_exit() {
 
 #[cfg(unix)]
 fn nix_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap()
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap()
 }

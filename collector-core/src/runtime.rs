@@ -21,8 +21,8 @@ use daemoneye_eventbus::BusClient;
 use daemoneye_lib::ledger::{LedgerWriter, RecordKind};
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{
-    CONTENT_TYPE_COLLECTOR_STATUS, CONTENT_TYPE_PROCESS_EVENT, CollectorStatus, Correlation,
-    EventType, ProcessEvent, ProcessRecord, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
+    CONTENT_TYPE_COLLECTOR_STATUS, CONTENT_TYPE_PROCESS_EVENT, CollectorStatus, Correlation, EventType, ProcessEvent,
+    ProcessRecord, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -184,7 +184,12 @@ pub async fn run(
     while source_tasks.join_next().await.is_some() {}
     let _ = publisher.await;
     // Whatever is still buffered is committed before we return.
-    let (ledger, r) = blocking(move || { let mut l = ledger; let r = l.commit(); (l, r) }).await?;
+    let (ledger, r) = blocking(move || {
+        let mut l = ledger;
+        let r = l.commit();
+        (l, r)
+    })
+    .await?;
     r?;
     result.map(|()| ledger)
 }
@@ -193,7 +198,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Task(format!("ledger task: {e}")))
 }
 
-fn append_batch(ledger: &mut LedgerWriter, batch: &mut [ProcessEvent]) -> Result<(), daemoneye_lib::ledger::LedgerError> {
+fn append_batch(
+    ledger: &mut LedgerWriter,
+    batch: &mut [ProcessEvent],
+) -> Result<(), daemoneye_lib::ledger::LedgerError> {
     for ev in batch.iter_mut() {
         let kind = if ev.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
         let time_ns = ev.event_time_ns;
@@ -216,7 +224,11 @@ fn queue_hash(hash_tx: &std::sync::mpsc::SyncSender<HashJob>, ev: &ProcessEvent,
 
 /// Hash workers: each takes a job, hashes the running image, and sends the
 /// result back into the event stream as an `update` event.
-fn spawn_hash_workers(n: usize, hasher: Arc<Hasher>, events: mpsc::Sender<ProcessEvent>) -> std::sync::mpsc::SyncSender<HashJob> {
+fn spawn_hash_workers(
+    n: usize,
+    hasher: Arc<Hasher>,
+    events: mpsc::Sender<ProcessEvent>,
+) -> std::sync::mpsc::SyncSender<HashJob> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(4096);
     let rx = Arc::new(std::sync::Mutex::new(rx));
     for i in 0..n {

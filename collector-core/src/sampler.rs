@@ -42,11 +42,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self {
-            cpu_points: 5.0,
-            memory_ratio: 0.10,
-            memory_bytes: 1 << 20,
-        }
+        Self { cpu_points: 5.0, memory_ratio: 0.10, memory_bytes: 1 << 20 }
     }
 }
 
@@ -72,15 +68,8 @@ impl ResourceSampler {
 
     /// A sampler every `interval` (zero: disabled) keying processes with
     /// `keyer`.
-    pub fn new(
-        interval: Duration,
-        keyer: impl Fn(u32) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            interval,
-            keyer: Arc::new(keyer),
-            thresholds: Thresholds::default(),
-        }
+    pub fn new(interval: Duration, keyer: impl Fn(u32) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self { interval, keyer: Arc::new(keyer), thresholds: Thresholds::default() }
     }
 
     /// Overrides what counts as a noticeable change.
@@ -100,15 +89,9 @@ impl ResourceSampler {
             tracing::info!("resource sampler disabled (interval 0)");
             return Ok(());
         }
-        let system = System::new().map_err(|e| SourceError::Unavailable {
-            source_name: "sampler",
-            reason: format!("sysinfo: {e:?}"),
-        })?;
-        let mut state = Some(SamplerState {
-            system,
-            last: HashMap::new(),
-            baseline_done: false,
-        });
+        let system = System::new()
+            .map_err(|e| SourceError::Unavailable { source_name: "sampler", reason: format!("sysinfo: {e:?}") })?;
+        let mut state = Some(SamplerState { system, last: HashMap::new(), baseline_done: false });
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -172,12 +155,8 @@ struct SamplerState {
 impl SamplerState {
     /// Refreshes and returns this round's samples (empty for the baseline).
     fn refresh(&mut self) -> Vec<Sample> {
-        let kind = ProcessRefreshKind::nothing()
-            .without_tasks()
-            .with_cpu()
-            .with_memory();
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+        let kind = ProcessRefreshKind::nothing().without_tasks().with_cpu().with_memory();
+        self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
         if !std::mem::replace(&mut self.baseline_done, true) {
             return Vec::new();
         }
@@ -185,11 +164,7 @@ impl SamplerState {
             .processes()
             .values()
             .filter(|p| p.thread_kind() != Some(ThreadKind::Userland))
-            .map(|p| Sample {
-                pid: p.pid().as_u32(),
-                cpu: f64::from(p.cpu_usage()),
-                memory: p.memory(),
-            })
+            .map(|p| Sample { pid: p.pid().as_u32(), cpu: f64::from(p.cpu_usage()), memory: p.memory() })
             .collect()
     }
 

@@ -90,19 +90,12 @@ impl EventSink {
     /// numbers.
     pub async fn send(&self, mut event: ProcessEvent) -> Result<(), SourceError> {
         event.seq = 0;
-        self.tx
-            .send(event)
-            .await
-            .map_err(|_| SourceError::SinkClosed)
+        self.tx.send(event).await.map_err(|_| SourceError::SinkClosed)
     }
 
     /// Like [`EventSink::send`], but gives up when `cancel` fires first.
     /// Returns `Ok(false)` when cancelled (the event was not sent).
-    pub async fn send_or_cancel(
-        &self,
-        event: ProcessEvent,
-        cancel: &CancellationToken,
-    ) -> Result<bool, SourceError> {
+    pub async fn send_or_cancel(&self, event: ProcessEvent, cancel: &CancellationToken) -> Result<bool, SourceError> {
         tokio::select! {
             biased;
             () = cancel.cancelled() => Ok(false),
@@ -129,33 +122,17 @@ mod tests {
     #[tokio::test]
     async fn sink_resets_seq_blocks_when_full_and_reports_closed() {
         let (sink, mut rx) = EventSink::channel(1);
-        sink.send(ProcessEvent {
-            seq: 42,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        sink.send(ProcessEvent { seq: 42, ..Default::default() }).await.unwrap();
         assert_eq!(sink.capacity(), 0);
         // Full: a second send waits until the receiver makes room.
         let cancel = CancellationToken::new();
-        let pending = tokio::time::timeout(
-            Duration::from_millis(50),
-            sink.send(ProcessEvent::default()),
-        );
+        let pending = tokio::time::timeout(Duration::from_millis(50), sink.send(ProcessEvent::default()));
         assert!(pending.await.is_err());
         cancel.cancel();
-        assert!(
-            !sink
-                .send_or_cancel(ProcessEvent::default(), &cancel)
-                .await
-                .unwrap()
-        );
+        assert!(!sink.send_or_cancel(ProcessEvent::default(), &cancel).await.unwrap());
         assert_eq!(rx.recv().await.unwrap().seq, 0);
         drop(rx);
         assert!(sink.is_closed());
-        assert!(matches!(
-            sink.send(ProcessEvent::default()).await,
-            Err(SourceError::SinkClosed)
-        ));
+        assert!(matches!(sink.send(ProcessEvent::default()).await, Err(SourceError::SinkClosed)));
     }
 }

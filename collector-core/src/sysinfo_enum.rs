@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use daemoneye_lib::models::{ProcessKey, boot_id, join_command_line};
 use daemoneye_lib::proto::{Argv, ProcessRecord};
-use sysinfo::{
-    Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind, UpdateKind, Users,
-};
+use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind, UpdateKind, Users};
 
 use crate::poll::ProcessEnumerator;
 use crate::source::SourceError;
@@ -48,40 +46,24 @@ impl std::fmt::Debug for SysinfoEnumerator {
 impl SysinfoEnumerator {
     /// An enumerator for this machine.
     pub fn new() -> Result<Self, SourceError> {
-        let unavailable = |e: sysinfo::Error| SourceError::Unavailable {
-            source_name: "poll",
-            reason: format!("sysinfo: {e:?}"),
-        };
+        let unavailable =
+            |e: sysinfo::Error| SourceError::Unavailable { source_name: "poll", reason: format!("sysinfo: {e:?}") };
         let system = System::new().map_err(unavailable)?;
         let users = Users::new_with_refreshed_list().map_err(unavailable)?;
         let boot_time_s = System::boot_time().map_err(unavailable)?;
-        Ok(Self {
-            system,
-            users,
-            boot_id: boot_id(),
-            boot_time_s,
-            users_read_at: Instant::now(),
-        })
+        Ok(Self { system, users, boot_id: boot_id(), boot_time_s, users_read_at: Instant::now() })
     }
 
     /// The process key sysinfo's view gives `pid` (coarse: see the module
     /// docs).
     fn key(&self, p: &Process) -> ProcessKey {
         let since_boot = p.start_time().saturating_sub(self.boot_time_s);
-        ProcessKey::from_ticks(
-            &self.boot_id,
-            p.pid().as_u32(),
-            since_boot.saturating_mul(TICKS_PER_SEC),
-        )
+        ProcessKey::from_ticks(&self.boot_id, p.pid().as_u32(), since_boot.saturating_mul(TICKS_PER_SEC))
     }
 
     fn record(&self, p: &Process) -> ProcessRecord {
         let parent = p.parent().and_then(|pp| self.system.process(pp));
-        let args: Vec<String> = p
-            .cmd()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args: Vec<String> = p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let (uid, euid) = ids(p);
         ProcessRecord {
             pid: p.pid().as_u32(),
@@ -91,22 +73,14 @@ impl SysinfoEnumerator {
             name: Some(p.name().to_string_lossy().into_owned()),
             executable_path: p.exe().map(|e| e.to_string_lossy().into_owned()),
             command_line: (!args.is_empty()).then(|| join_command_line(&args)),
-            argv: (!args.is_empty()).then_some(Argv {
-                args,
-                truncated: false,
-            }),
+            argv: (!args.is_empty()).then_some(Argv { args, truncated: false }),
             cwd: p.cwd().map(|c| c.to_string_lossy().into_owned()),
             uid,
             euid,
             gid: p.group_id().map(|g| *g),
             egid: p.effective_group_id().map(|g| *g),
-            user_name: p
-                .user_id()
-                .and_then(|u| self.users.get_user_by_id(u))
-                .map(|u| u.name().to_owned()),
-            start_time_ns: i64::try_from(p.start_time())
-                .ok()
-                .and_then(|s| s.checked_mul(1_000_000_000)),
+            user_name: p.user_id().and_then(|u| self.users.get_user_by_id(u)).map(|u| u.name().to_owned()),
+            start_time_ns: i64::try_from(p.start_time()).ok().and_then(|s| s.checked_mul(1_000_000_000)),
             memory_usage: Some(p.memory()),
             ..ProcessRecord::default()
         }
@@ -134,14 +108,9 @@ impl ProcessEnumerator for SysinfoEnumerator {
             .with_exe(UpdateKind::Always)
             .with_cmd(UpdateKind::Always)
             .with_cwd(UpdateKind::Always);
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, refresh);
-        let procs: HashMap<_, _> = self
-            .system
-            .processes()
-            .iter()
-            .filter(|(_, p)| p.thread_kind() != Some(ThreadKind::Userland))
-            .collect();
+        self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh);
+        let procs: HashMap<_, _> =
+            self.system.processes().iter().filter(|(_, p)| p.thread_kind() != Some(ThreadKind::Userland)).collect();
         let mut missing_user = false;
         let mut out = Vec::with_capacity(procs.len());
         for p in procs.values() {

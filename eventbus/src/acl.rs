@@ -88,12 +88,7 @@ impl AccessRule {
         publishers: Vec<Principal>,
         subscribers: Vec<Principal>,
     ) -> Self {
-        Self {
-            pattern: pattern.into(),
-            level,
-            publishers,
-            subscribers,
-        }
+        Self { pattern: pattern.into(), level, publishers, subscribers }
     }
 }
 
@@ -154,24 +149,9 @@ impl Default for AccessPolicy {
         let trusted = || vec![Principal::Root, Principal::BrokerUser];
         Self {
             rules: vec![
-                AccessRule::new(
-                    topic::known::HEALTH_ALL,
-                    AccessLevel::Public,
-                    trusted(),
-                    vec![Principal::Any],
-                ),
-                AccessRule::new(
-                    topic::known::CONTROL_ALL,
-                    AccessLevel::Privileged,
-                    trusted(),
-                    trusted(),
-                ),
-                AccessRule::new(
-                    topic::known::PROCESS_ALL,
-                    AccessLevel::Restricted,
-                    trusted(),
-                    trusted(),
-                ),
+                AccessRule::new(topic::known::HEALTH_ALL, AccessLevel::Public, trusted(), vec![Principal::Any]),
+                AccessRule::new(topic::known::CONTROL_ALL, AccessLevel::Privileged, trusted(), trusted()),
+                AccessRule::new(topic::known::PROCESS_ALL, AccessLevel::Restricted, trusted(), trusted()),
                 AccessRule::new("#", AccessLevel::Restricted, trusted(), trusted()),
             ],
         }
@@ -182,24 +162,15 @@ impl AccessPolicy {
     /// A policy from ordered rules; every pattern must be valid.
     pub fn new(rules: Vec<AccessRule>) -> Result<Self, BusError> {
         for r in &rules {
-            topic::validate_pattern(&r.pattern).map_err(|source| BusError::InvalidTopic {
-                topic: r.pattern.clone(),
-                source,
-            })?;
+            topic::validate_pattern(&r.pattern)
+                .map_err(|source| BusError::InvalidTopic { topic: r.pattern.clone(), source })?;
         }
         Ok(Self { rules })
     }
 
     /// A policy that lets everyone do everything (development and tests only).
     pub fn allow_all() -> Self {
-        Self {
-            rules: vec![AccessRule::new(
-                "#",
-                AccessLevel::Public,
-                vec![Principal::Any],
-                vec![Principal::Any],
-            )],
-        }
+        Self { rules: vec![AccessRule::new("#", AccessLevel::Public, vec![Principal::Any], vec![Principal::Any])] }
     }
 
     /// The rules, in order.
@@ -209,9 +180,7 @@ impl AccessPolicy {
 
     /// The rule that decides for a concrete topic.
     pub fn rule_for(&self, topic_name: &str) -> Option<&AccessRule> {
-        self.rules
-            .iter()
-            .find(|r| topic::matches(&r.pattern, topic_name))
+        self.rules.iter().find(|r| topic::matches(&r.pattern, topic_name))
     }
 
     /// Checks `op` on a concrete topic. `Err` carries a message for the peer.
@@ -235,24 +204,13 @@ impl AccessPolicy {
     }
 
     /// Checks a subscription pattern (see the module docs for wildcards).
-    pub fn check_subscribe(
-        &self,
-        pattern: &str,
-        peer: &PeerIdentity,
-        broker_uid: u32,
-    ) -> Result<(), String> {
+    pub fn check_subscribe(&self, pattern: &str, peer: &PeerIdentity, broker_uid: u32) -> Result<(), String> {
         if !topic::is_wildcard(pattern) {
             return self.check_topic(Operation::Subscribe, pattern, peer, broker_uid);
         }
-        let mut overlapping = self
-            .rules
-            .iter()
-            .filter(|r| topic::patterns_overlap(&r.pattern, pattern))
-            .peekable();
+        let mut overlapping = self.rules.iter().filter(|r| topic::patterns_overlap(&r.pattern, pattern)).peekable();
         let Some(first) = overlapping.peek().copied() else {
-            return Err(format!(
-                "{peer} may not subscribe to {pattern:?}: no access rule covers these topics"
-            ));
+            return Err(format!("{peer} may not subscribe to {pattern:?}: no access rule covers these topics"));
         };
         if overlapping.any(|r| rule_allows(r, Operation::Subscribe, peer, broker_uid)) {
             Ok(())
@@ -296,16 +254,9 @@ fn deny_message(rule: &AccessRule, op: Operation, what: &str, peer: &PeerIdentit
         Operation::Subscribe => &rule.subscribers,
     };
     let who: Vec<String> = list.iter().map(ToString::to_string).collect();
-    let who = if who.is_empty() {
-        "nobody".to_owned()
-    } else {
-        who.join(", ")
-    };
-    let extra = if rule.level == AccessLevel::Privileged {
-        " (privileged: root or the broker's user only)"
-    } else {
-        ""
-    };
+    let who = if who.is_empty() { "nobody".to_owned() } else { who.join(", ") };
+    let extra =
+        if rule.level == AccessLevel::Privileged { " (privileged: root or the broker's user only)" } else { "" };
     format!(
         "{peer} may not {op} {what:?}: rule {:?} ({:?}) allows {who}{extra}; run the client as \
          an allowed user or change the bus access policy",
@@ -318,12 +269,7 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32) -> PeerIdentity {
-        PeerIdentity {
-            uid,
-            gid: uid,
-            pid: 1,
-            exe: Some(PathBuf::from("/usr/bin/procmond")),
-        }
+        PeerIdentity { uid, gid: uid, pid: 1, exe: Some(PathBuf::from("/usr/bin/procmond")) }
     }
 
     #[test]
@@ -331,64 +277,18 @@ mod tests {
         let p = AccessPolicy::default();
         let broker = 500;
         for uid in [0, 500] {
-            assert!(
-                p.check_topic(
-                    Operation::Publish,
-                    "events.process.lifecycle",
-                    &peer(uid),
-                    broker
-                )
-                .is_ok()
-            );
-            assert!(
-                p.check_topic(
-                    Operation::Publish,
-                    "control.collector.task",
-                    &peer(uid),
-                    broker
-                )
-                .is_ok()
-            );
+            assert!(p.check_topic(Operation::Publish, "events.process.lifecycle", &peer(uid), broker).is_ok());
+            assert!(p.check_topic(Operation::Publish, "control.collector.task", &peer(uid), broker).is_ok());
         }
         let other = peer(1000);
-        assert!(
-            p.check_topic(
-                Operation::Publish,
-                "events.process.lifecycle",
-                &other,
-                broker
-            )
-            .is_err()
-        );
-        assert!(
-            p.check_topic(
-                Operation::Subscribe,
-                "events.process.lifecycle",
-                &other,
-                broker
-            )
-            .is_err()
-        );
-        assert!(
-            p.check_topic(
-                Operation::Subscribe,
-                "control.health.status",
-                &other,
-                broker
-            )
-            .is_ok()
-        );
-        assert!(
-            p.check_topic(Operation::Publish, "control.health.status", &other, broker)
-                .is_err()
-        );
+        assert!(p.check_topic(Operation::Publish, "events.process.lifecycle", &other, broker).is_err());
+        assert!(p.check_topic(Operation::Subscribe, "events.process.lifecycle", &other, broker).is_err());
+        assert!(p.check_topic(Operation::Subscribe, "control.health.status", &other, broker).is_ok());
+        assert!(p.check_topic(Operation::Publish, "control.health.status", &other, broker).is_err());
         // Wildcards: control.# overlaps the public health rule.
         assert!(p.check_subscribe("control.#", &other, broker).is_ok());
         assert!(p.check_subscribe("events.#", &other, broker).is_err());
-        assert!(
-            p.check_subscribe("control.collector.task", &other, broker)
-                .is_err()
-        );
+        assert!(p.check_subscribe("control.collector.task", &other, broker).is_err());
     }
 
     #[test]
@@ -400,25 +300,14 @@ mod tests {
             vec![Principal::Any],
         );
         let p = AccessPolicy::new(vec![rule]).unwrap();
-        assert!(
-            p.check_topic(Operation::Publish, "control.x", &peer(0), 500)
-                .is_ok()
-        );
+        assert!(p.check_topic(Operation::Publish, "control.x", &peer(0), 500).is_ok());
         // Right executable, wrong user: the privileged guard refuses.
-        let err = p
-            .check_topic(Operation::Publish, "control.x", &peer(1000), 500)
-            .unwrap_err();
+        let err = p.check_topic(Operation::Publish, "control.x", &peer(1000), 500).unwrap_err();
         assert!(err.contains("privileged"), "{err}");
         let mut other = peer(0);
         other.exe = Some(PathBuf::from("/usr/bin/bash"));
-        assert!(
-            p.check_topic(Operation::Publish, "control.x", &other, 500)
-                .is_err()
-        );
-        assert!(
-            p.check_topic(Operation::Publish, "events.x", &peer(0), 500)
-                .is_err()
-        );
+        assert!(p.check_topic(Operation::Publish, "control.x", &other, 500).is_err());
+        assert!(p.check_topic(Operation::Publish, "events.x", &peer(0), 500).is_err());
     }
 
     #[test]

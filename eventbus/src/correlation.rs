@@ -28,11 +28,7 @@ impl CorrelationMetadata {
     /// A root correlation: starts a workflow whose id is `correlation_id`.
     pub fn new(correlation_id: impl Into<String>) -> Self {
         let id = correlation_id.into();
-        Self {
-            workflow_id: Some(id.clone()),
-            correlation_id: id,
-            ..Self::default()
-        }
+        Self { workflow_id: Some(id.clone()), correlation_id: id, ..Self::default() }
     }
 
     /// A root correlation with a fresh time-ordered UUID (v7).
@@ -67,10 +63,7 @@ impl CorrelationMetadata {
         Self {
             correlation_id: correlation_id.into(),
             parent_id: Some(self.correlation_id.clone()),
-            workflow_id: self
-                .workflow_id
-                .clone()
-                .or_else(|| Some(self.correlation_id.clone())),
+            workflow_id: self.workflow_id.clone().or_else(|| Some(self.correlation_id.clone())),
             stage: self.stage.clone(),
             tags: self.tags.clone(),
         }
@@ -118,9 +111,7 @@ mod tests {
 
     #[test]
     fn child_inherits_and_links() {
-        let parent = CorrelationMetadata::new("wf-1")
-            .with_stage("detection")
-            .with_tag("workflow", "threat_analysis");
+        let parent = CorrelationMetadata::new("wf-1").with_stage("detection").with_tag("workflow", "threat_analysis");
         let child = parent.child("analysis-1");
         assert_eq!(child.correlation_id, "analysis-1");
         assert_eq!(child.parent_id.as_deref(), Some("wf-1"));
@@ -134,9 +125,7 @@ mod tests {
 
     #[test]
     fn proto_round_trip() {
-        let m = CorrelationMetadata::generate()
-            .with_tag("a", "b")
-            .with_stage("s");
+        let m = CorrelationMetadata::generate().with_tag("a", "b").with_stage("s");
         let back = CorrelationMetadata::from(Correlation::from(&m));
         assert_eq!(back, m);
     }

@@ -92,9 +92,7 @@ pub enum BusError {
     },
 
     /// A frame was started but not completed in time (a stalled peer).
-    #[error(
-        "incomplete frame: {received} bytes received, the rest did not arrive within {after:?}"
-    )]
+    #[error("incomplete frame: {received} bytes received, the rest did not arrive within {after:?}")]
     FrameTimeout {
         /// Bytes of the frame received so far.
         received: usize,
@@ -150,9 +148,7 @@ pub enum BusError {
     },
 
     /// A request got no answer in time.
-    #[error(
-        "event bus request {what} got no answer within {after:?}; the broker may be overloaded"
-    )]
+    #[error("event bus request {what} got no answer within {after:?}; the broker may be overloaded")]
     Timeout {
         /// The request, e.g. `publish_acked to events.process.lifecycle`.
         what: String,
@@ -182,9 +178,7 @@ impl BusError {
         match self {
             Self::FrameTooLarge { .. } => BusErrorCode::FrameTooLarge,
             Self::MalformedFrame { .. } => BusErrorCode::MalformedFrame,
-            Self::Protocol { .. } | Self::Handshake { .. } | Self::FrameTimeout { .. } => {
-                BusErrorCode::Protocol
-            }
+            Self::Protocol { .. } | Self::Handshake { .. } | Self::FrameTimeout { .. } => BusErrorCode::Protocol,
             Self::InvalidTopic { .. } => BusErrorCode::InvalidTopic,
             Self::AccessDenied { .. } => BusErrorCode::AccessDenied,
             Self::Remote { code, .. } => *code,
@@ -195,10 +189,7 @@ impl BusError {
     /// True when the error means "the broker is not there (any more)": the
     /// caller should reconnect with backoff.
     pub fn is_disconnected(&self) -> bool {
-        matches!(
-            self,
-            Self::BrokerUnavailable { .. } | Self::ConnectionClosed { .. } | Self::Shutdown
-        )
+        matches!(self, Self::BrokerUnavailable { .. } | Self::ConnectionClosed { .. } | Self::Shutdown)
     }
 
     /// Builds the client-side error for an error frame received from the
@@ -206,24 +197,16 @@ impl BusError {
     pub(crate) fn from_wire(frame: &daemoneye_lib::proto::BusError, topic: &str) -> Self {
         let code = BusErrorCode::try_from(frame.code).unwrap_or(BusErrorCode::Unspecified);
         match code {
-            BusErrorCode::AccessDenied => Self::AccessDenied {
-                topic: topic.to_owned(),
-                message: frame.message.clone(),
-            },
-            _ => Self::Remote {
-                code,
-                message: frame.message.clone(),
-                ref_id: frame.ref_id,
-            },
+            BusErrorCode::AccessDenied => {
+                Self::AccessDenied { topic: topic.to_owned(), message: frame.message.clone() }
+            }
+            _ => Self::Remote { code, message: frame.message.clone(), ref_id: frame.ref_id },
         }
     }
 }
 
 impl From<std::io::Error> for BusError {
     fn from(source: std::io::Error) -> Self {
-        Self::Io {
-            context: "reading or writing the bus socket".to_owned(),
-            source,
-        }
+        Self::Io { context: "reading or writing the bus socket".to_owned(), source }
     }
 }

@@ -79,9 +79,7 @@ impl BusCodec {
     /// A codec that rejects frames longer than `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> Self {
         // The length prefix is a u32; larger limits cannot be expressed.
-        Self {
-            max_frame_size: max_frame_size.min(u32::MAX as usize),
-        }
+        Self { max_frame_size: max_frame_size.min(u32::MAX as usize) }
     }
 
     /// The configured maximum.
@@ -102,10 +100,7 @@ impl Decoder for BusCodec {
         len_bytes.copy_from_slice(prefix);
         let len = u32::from_be_bytes(len_bytes) as usize;
         if len > self.max_frame_size {
-            return Err(BusError::FrameTooLarge {
-                len,
-                max: self.max_frame_size,
-            });
+            return Err(BusError::FrameTooLarge { len, max: self.max_frame_size });
         }
         let total = LEN_PREFIX + len;
         if src.len() < total {
@@ -114,11 +109,7 @@ impl Decoder for BusCodec {
         }
         src.advance(LEN_PREFIX);
         let body = src.split_to(len).freeze();
-        BusMessage::decode(body)
-            .map(Some)
-            .map_err(|e| BusError::MalformedFrame {
-                reason: e.to_string(),
-            })
+        BusMessage::decode(body).map(Some).map_err(|e| BusError::MalformedFrame { reason: e.to_string() })
     }
 }
 
@@ -128,16 +119,8 @@ impl Encoder<OutFrame> for BusCodec {
     fn encode(&mut self, item: OutFrame, dst: &mut BytesMut) -> Result<(), BusError> {
         match item {
             OutFrame::Message(m) => self.encode(*m, dst),
-            OutFrame::Deliver {
-                subscription_id,
-                delivery_seq,
-                msg,
-            } => {
-                let d = DeliverRef {
-                    subscription_id,
-                    delivery_seq,
-                    msg: &msg,
-                };
+            OutFrame::Deliver { subscription_id, delivery_seq, msg } => {
+                let d = DeliverRef { subscription_id, delivery_seq, msg: &msg };
                 let body_len = d.body_len();
                 let len = encoding::key_len(BUS_MESSAGE_DELIVER_TAG)
                     + encoding::encoded_len_varint(body_len as u64)
@@ -158,19 +141,14 @@ impl Encoder<BusMessage> for BusCodec {
     fn encode(&mut self, item: BusMessage, dst: &mut BytesMut) -> Result<(), BusError> {
         self.write_prefix(item.encoded_len(), dst)?;
         // Cannot fail: `dst` was reserved to the exact length and BytesMut grows anyway.
-        item.encode(dst).map_err(|e| BusError::MalformedFrame {
-            reason: e.to_string(),
-        })
+        item.encode(dst).map_err(|e| BusError::MalformedFrame { reason: e.to_string() })
     }
 }
 
 impl BusCodec {
     fn write_prefix(&self, len: usize, dst: &mut BytesMut) -> Result<(), BusError> {
         if len > self.max_frame_size {
-            return Err(BusError::FrameTooLarge {
-                len,
-                max: self.max_frame_size,
-            });
+            return Err(BusError::FrameTooLarge { len, max: self.max_frame_size });
         }
         dst.reserve(LEN_PREFIX + len);
         // `len <= max_frame_size <= u32::MAX` (see `new`).
@@ -247,13 +225,11 @@ pub fn error_message(
     message_text: impl Into<String>,
     ref_id: u64,
 ) -> BusMessage {
-    message(daemoneye_lib::proto::bus_message::Kind::Error(
-        daemoneye_lib::proto::BusError {
-            code: code as i32,
-            message: message_text.into(),
-            ref_id,
-        },
-    ))
+    message(daemoneye_lib::proto::bus_message::Kind::Error(daemoneye_lib::proto::BusError {
+        code: code as i32,
+        message: message_text.into(),
+        ref_id,
+    }))
 }
 
 /// Current wall-clock time in Unix nanoseconds (0 if the clock is before 1970).
@@ -288,13 +264,7 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader over `io`.
     pub fn new(io: R, codec: BusCodec, frame_timeout: Option<Duration>) -> Self {
-        Self {
-            io,
-            buf: BytesMut::with_capacity(8 * 1024),
-            codec,
-            frame_timeout,
-            frame_started: None,
-        }
+        Self { io, buf: BytesMut::with_capacity(8 * 1024), codec, frame_timeout, frame_started: None }
     }
 
     /// The next message; `Ok(None)` on a clean end of stream.
@@ -312,10 +282,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
                         Ok(r) => r?,
                         Err(_) => {
-                            return Err(BusError::FrameTimeout {
-                                received: self.buf.len(),
-                                after: limit,
-                            });
+                            return Err(BusError::FrameTimeout { received: self.buf.len(), after: limit });
                         }
                     }
                 }
@@ -326,10 +293,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Ok(None);
                 }
                 return Err(BusError::MalformedFrame {
-                    reason: format!(
-                        "connection closed in the middle of a frame ({} bytes)",
-                        self.buf.len()
-                    ),
+                    reason: format!("connection closed in the middle of a frame ({} bytes)", self.buf.len()),
                 });
             }
             if self.frame_started.is_none() {
@@ -347,10 +311,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn published(payload: &[u8], topic: &str) -> Arc<Published> {
-        let mut correlation = Correlation {
-            correlation_id: "c1".into(),
-            ..Default::default()
-        };
+        let mut correlation = Correlation { correlation_id: "c1".into(), ..Default::default() };
         correlation.tags.insert("k".into(), "v".into());
         Arc::new(Published {
             topic: topic.into(),
@@ -368,16 +329,10 @@ mod tests {
             let msg = published(payload, "events.process.lifecycle");
             let mut codec = BusCodec::new(DEFAULT_MAX_FRAME_SIZE);
             let mut buf = BytesMut::new();
-            let frame = OutFrame::Deliver {
-                subscription_id: sub,
-                delivery_seq: seq,
-                msg,
-            };
+            let frame = OutFrame::Deliver { subscription_id: sub, delivery_seq: seq, msg };
             codec.encode(frame, &mut buf).unwrap();
             let decoded = codec.decode(&mut buf).unwrap().unwrap();
-            let Some(Kind::Deliver(d)) = decoded.kind else {
-                panic!("not a deliver")
-            };
+            let Some(Kind::Deliver(d)) = decoded.kind else { panic!("not a deliver") };
             assert_eq!(d.subscription_id, sub);
             assert_eq!(d.delivery_seq, seq);
             assert_eq!(d.payload, payload);
@@ -392,10 +347,7 @@ mod tests {
     fn oversized_prefix_is_rejected_before_body() {
         let mut codec = BusCodec::new(16);
         let mut buf = BytesMut::from(&[0u8, 0, 1, 0][..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(BusError::FrameTooLarge { len: 256, max: 16 })
-        ));
+        assert!(matches!(codec.decode(&mut buf), Err(BusError::FrameTooLarge { len: 256, max: 16 })));
     }
 
     #[test]
@@ -414,23 +366,14 @@ mod tests {
     fn garbage_is_malformed() {
         let mut codec = BusCodec::new(1024);
         let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(BusError::MalformedFrame { .. })
-        ));
+        assert!(matches!(codec.decode(&mut buf), Err(BusError::MalformedFrame { .. })));
     }
 
     #[test]
     fn encoder_refuses_oversized() {
         let mut codec = BusCodec::new(8);
-        let msg = message(Kind::Deliver(Deliver {
-            payload: vec![0; 64],
-            ..Default::default()
-        }));
-        assert!(matches!(
-            codec.encode(msg, &mut BytesMut::new()),
-            Err(BusError::FrameTooLarge { .. })
-        ));
+        let msg = message(Kind::Deliver(Deliver { payload: vec![0; 64], ..Default::default() }));
+        assert!(matches!(codec.encode(msg, &mut BytesMut::new()), Err(BusError::FrameTooLarge { .. })));
     }
 
     proptest! {

@@ -53,13 +53,8 @@ impl BrokerStats {
     }
 
     /// The subscriptions of the client(s) named `client_name`.
-    pub fn subscriptions_of<'a>(
-        &'a self,
-        client_name: &'a str,
-    ) -> impl Iterator<Item = &'a SubscriberStats> + 'a {
-        self.subscribers
-            .iter()
-            .filter(move |s| s.client_name == client_name)
+    pub fn subscriptions_of<'a>(&'a self, client_name: &'a str) -> impl Iterator<Item = &'a SubscriberStats> + 'a {
+        self.subscribers.iter().filter(move |s| s.client_name == client_name)
     }
 }
 
@@ -205,11 +200,7 @@ impl LatencyHistogram {
     }
 
     pub(crate) fn snapshot(&self) -> LatencyStats {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         let count: u64 = counts.iter().sum();
         if count == 0 {
             return LatencyStats::default();
@@ -245,26 +236,16 @@ pub(crate) struct TopicTable {
 
 impl TopicTable {
     pub(crate) fn get(&self, topic: &str) -> Arc<TopicCounters> {
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = map.get(topic) {
             return Arc::clone(c);
         }
-        let key = if map.len() >= MAX_TRACKED_TOPICS {
-            OTHER_TOPICS
-        } else {
-            topic
-        };
+        let key = if map.len() >= MAX_TRACKED_TOPICS { OTHER_TOPICS } else { topic };
         Arc::clone(map.entry(key.to_owned()).or_default())
     }
 
     pub(crate) fn snapshot(&self) -> Vec<TopicStats> {
-        let map = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<TopicStats> = map
             .iter()
             .map(|(topic, c)| TopicStats {
@@ -294,10 +275,7 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.count, 100);
         assert_eq!(s.p50, Duration::from_micros(4));
-        assert!(
-            s.p99 >= Duration::from_millis(8) && s.p99 <= Duration::from_millis(10),
-            "{s:?}"
-        );
+        assert!(s.p99 >= Duration::from_millis(8) && s.p99 <= Duration::from_millis(10), "{s:?}");
         assert_eq!(s.max, Duration::from_millis(10));
         assert!(s.mean > Duration::from_micros(3));
     }
@@ -306,9 +284,7 @@ mod tests {
     fn topic_table_is_bounded() {
         let t = TopicTable::default();
         for i in 0..(MAX_TRACKED_TOPICS + 10) {
-            t.get(&format!("t{i}"))
-                .published
-                .fetch_add(1, Ordering::Relaxed);
+            t.get(&format!("t{i}")).published.fetch_add(1, Ordering::Relaxed);
         }
         let snap = t.snapshot();
         assert!(snap.len() <= MAX_TRACKED_TOPICS + 1);

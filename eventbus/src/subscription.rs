@@ -52,16 +52,8 @@ pub struct Subscription {
 
 #[derive(Debug)]
 enum Inner {
-    Remote {
-        rx: mpsc::Receiver<Delivery>,
-        conn: Arc<ClientConn>,
-    },
-    Local {
-        rx: mpsc::Receiver<Queued>,
-        counters: Arc<SubCounters>,
-        seq: u64,
-        guard: Arc<LocalConnGuard>,
-    },
+    Remote { rx: mpsc::Receiver<Delivery>, conn: Arc<ClientConn> },
+    Local { rx: mpsc::Receiver<Queued>, counters: Arc<SubCounters>, seq: u64, guard: Arc<LocalConnGuard> },
 }
 
 impl Subscription {
@@ -73,13 +65,7 @@ impl Subscription {
         rx: mpsc::Receiver<Delivery>,
         conn: Arc<ClientConn>,
     ) -> Self {
-        Self {
-            id,
-            pattern,
-            policy,
-            end,
-            inner: Inner::Remote { rx, conn },
-        }
+        Self { id, pattern, policy, end, inner: Inner::Remote { rx, conn } }
     }
 
     pub(crate) fn local(
@@ -91,18 +77,7 @@ impl Subscription {
         counters: Arc<SubCounters>,
         guard: Arc<LocalConnGuard>,
     ) -> Self {
-        Self {
-            id,
-            pattern,
-            policy,
-            end,
-            inner: Inner::Local {
-                rx,
-                counters,
-                seq: 0,
-                guard,
-            },
-        }
+        Self { id, pattern, policy, end, inner: Inner::Local { rx, counters, seq: 0, guard } }
     }
 
     /// The next delivery, or `None` once the subscription has ended.
@@ -111,12 +86,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Delivery> {
         match &mut self.inner {
             Inner::Remote { rx, .. } => rx.recv().await,
-            Inner::Local {
-                rx,
-                counters,
-                seq,
-                guard,
-            } => {
+            Inner::Local { rx, counters, seq, guard } => {
                 let queued = tokio::select! {
                     () = guard.shared.cancel.cancelled() => {
                         set_reason(&self.end, "the broker shut down");
@@ -158,10 +128,7 @@ impl Subscription {
     /// Why the subscription ended, once it has (queue overflow under the
     /// `Error` policy, connection closed, broker shut down).
     pub fn end_reason(&self) -> Option<String> {
-        self.end
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.end.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 

@@ -73,10 +73,7 @@ pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
             "+" => {}
             "#" if index + 1 == levels => {}
             _ if segment.contains('+') || segment.contains('#') => {
-                return Err(TopicError::BadWildcard {
-                    index,
-                    segment: segment.to_owned(),
-                });
+                return Err(TopicError::BadWildcard { index, segment: segment.to_owned() });
             }
             _ => check_segment(index, segment)?,
         }
@@ -141,17 +138,8 @@ fn check_segment(index: usize, segment: &str) -> Result<(), TopicError> {
     if segment.is_empty() {
         return Err(TopicError::EmptySegment(index));
     }
-    let ok = segment
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(TopicError::BadCharacter {
-            index,
-            segment: segment.to_owned(),
-        })
-    }
+    let ok = segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(TopicError::BadCharacter { index, segment: segment.to_owned() }) }
 }
 
 /// The topic hierarchy of DaemonEye (PRODUCT.md §7).
@@ -201,37 +189,18 @@ mod tests {
         assert!(validate_topic("a").is_ok());
         assert!(validate_topic("a.b-c.d_e.f9").is_ok());
         assert_eq!(validate_topic(""), Err(TopicError::Empty));
-        assert_eq!(
-            validate_topic("a.b.c.d.e"),
-            Err(TopicError::TooManyLevels(5))
-        );
+        assert_eq!(validate_topic("a.b.c.d.e"), Err(TopicError::TooManyLevels(5)));
         assert_eq!(validate_topic("a..b"), Err(TopicError::EmptySegment(1)));
         assert_eq!(validate_topic("a.b."), Err(TopicError::EmptySegment(2)));
-        assert!(matches!(
-            validate_topic("Events.x"),
-            Err(TopicError::BadCharacter { .. })
-        ));
-        assert!(matches!(
-            validate_topic("a b"),
-            Err(TopicError::BadCharacter { .. })
-        ));
-        assert_eq!(
-            validate_topic("events.+"),
-            Err(TopicError::WildcardInTopic(1))
-        );
+        assert!(matches!(validate_topic("Events.x"), Err(TopicError::BadCharacter { .. })));
+        assert!(matches!(validate_topic("a b"), Err(TopicError::BadCharacter { .. })));
+        assert_eq!(validate_topic("events.+"), Err(TopicError::WildcardInTopic(1)));
         assert!(validate_topic(&"a".repeat(300)).is_err());
     }
 
     #[test]
     fn valid_and_invalid_patterns() {
-        for p in [
-            "#",
-            "+",
-            "events.#",
-            "events.+.lifecycle",
-            "+.+.+.+",
-            "a.b.c.#",
-        ] {
+        for p in ["#", "+", "events.#", "events.+.lifecycle", "+.+.+.+", "a.b.c.#"] {
             assert!(validate_pattern(p).is_ok(), "{p}");
         }
         for p in ["#.a", "a.#.b", "a+", "a.b#", "a..#", "", "a.b.c.d.#"] {
@@ -270,11 +239,7 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("a".to_owned()),
-            Just("b".to_owned()),
-            Just("c-1".to_owned())
-        ]
+        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c-1".to_owned())]
     }
 
     fn topic_strategy() -> impl Strategy<Value = String> {
@@ -283,16 +248,13 @@ mod tests {
 
     fn pattern_strategy() -> impl Strategy<Value = String> {
         let seg = prop_oneof![3 => segment(), 1 => Just("+".to_owned())];
-        (prop::collection::vec(seg, 0..=4), any::<bool>()).prop_filter_map(
-            "valid pattern",
-            |(mut v, hash)| {
-                if hash && v.len() < 4 {
-                    v.push("#".to_owned());
-                }
-                let p = v.join(".");
-                validate_pattern(&p).is_ok().then_some(p)
-            },
-        )
+        (prop::collection::vec(seg, 0..=4), any::<bool>()).prop_filter_map("valid pattern", |(mut v, hash)| {
+            if hash && v.len() < 4 {
+                v.push("#".to_owned());
+            }
+            let p = v.join(".");
+            validate_pattern(&p).is_ok().then_some(p)
+        })
     }
 
     proptest! {

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use daemoneye_eventbus::frame::{encode_to_bytes, message};
-use daemoneye_eventbus::{
-    BackpressurePolicy, BrokerConfig, BusClient, BusErrorCode, CorrelationMetadata,
-};
+use daemoneye_eventbus::{BackpressurePolicy, BrokerConfig, BusClient, BusErrorCode, CorrelationMetadata};
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{Ping, Publish};
 use tokio::io::AsyncWriteExt;
@@ -29,17 +27,9 @@ fn small_config() -> BrokerConfig {
 /// A healthy client that must keep working while another misbehaves.
 async fn assert_still_serving(b: &TestBroker) {
     let client = BusClient::connect(&b.path, "healthy").await.unwrap();
-    let mut sub = client
-        .subscribe("events.process.#", BackpressurePolicy::Block, 0)
-        .await
-        .unwrap();
+    let mut sub = client.subscribe("events.process.#", BackpressurePolicy::Block, 0).await.unwrap();
     let n = client
-        .publish_acked(
-            "events.process.lifecycle",
-            payload("ok"),
-            "t",
-            CorrelationMetadata::new("c"),
-        )
+        .publish_acked("events.process.lifecycle", payload("ok"), "t", CorrelationMetadata::new("c"))
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -51,9 +41,7 @@ async fn oversized_frame_is_refused_before_its_body() {
     let b = TestBroker::start(small_config()).await;
     let mut raw = raw_connect(&b.path).await;
     // Announce 1 MiB; send no body at all.
-    raw.write_all(&(1024u32 * 1024).to_be_bytes())
-        .await
-        .unwrap();
+    raw.write_all(&(1024u32 * 1024).to_be_bytes()).await.unwrap();
     let e = read_error(&mut raw).await;
     assert_eq!(e.code, BusErrorCode::FrameTooLarge as i32);
     assert!(e.message.contains("1048576"), "{}", e.message);
@@ -67,9 +55,7 @@ async fn oversized_frame_is_refused_before_its_body() {
 async fn malformed_frame_closes_only_that_connection() {
     let b = TestBroker::start(small_config()).await;
     let mut raw = raw_connect(&b.path).await;
-    raw.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
-        .await
-        .unwrap();
+    raw.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let e = read_error(&mut raw).await;
     assert_eq!(e.code, BusErrorCode::MalformedFrame as i32);
     assert_closed(&mut raw).await;
@@ -109,9 +95,7 @@ async fn stalled_half_frame_times_out() {
 async fn first_frame_must_be_hello() {
     let b = TestBroker::start(small_config()).await;
     let mut raw = UnixStream::connect(&b.path).await.unwrap();
-    raw.write_all(&encode_to_bytes(&message(Kind::Ping(Ping { nonce: 1 }))))
-        .await
-        .unwrap();
+    raw.write_all(&encode_to_bytes(&message(Kind::Ping(Ping { nonce: 1 })))).await.unwrap();
     let e = read_error(&mut raw).await;
     assert!(e.message.contains("Hello"), "{}", e.message);
     assert_closed(&mut raw).await;
@@ -148,9 +132,7 @@ async fn invalid_topic_is_refused_but_the_connection_stays() {
         Some(Kind::Ack(a)) => assert_eq!((a.message_id, a.delivered_to), (8, 0)),
         other => panic!("expected Ack, got {other:?}"),
     }
-    raw.write_all(&encode_to_bytes(&message(Kind::Ping(Ping { nonce: 5 }))))
-        .await
-        .unwrap();
+    raw.write_all(&encode_to_bytes(&message(Kind::Ping(Ping { nonce: 5 })))).await.unwrap();
     match read_msg(&mut raw).await.and_then(|m| m.kind) {
         Some(Kind::Pong(p)) => assert_eq!(p.nonce, 5),
         other => panic!("expected Pong, got {other:?}"),
@@ -161,20 +143,11 @@ async fn invalid_topic_is_refused_but_the_connection_stays() {
 #[tokio::test]
 async fn client_refuses_oversized_publishes_locally() {
     let b = TestBroker::start(small_config()).await;
-    let opts = daemoneye_eventbus::ClientOptions {
-        max_frame_size: 1024,
-        ..Default::default()
-    };
+    let opts = daemoneye_eventbus::ClientOptions { max_frame_size: 1024, ..Default::default() };
     let client = BusClient::connect_with(&b.path, "c", opts).await.unwrap();
     let big = bytes::Bytes::from(vec![0u8; 4096]);
-    let err = client
-        .publish("events.x", big, "t", CorrelationMetadata::new("c"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, daemoneye_eventbus::BusError::FrameTooLarge { .. }),
-        "{err}"
-    );
+    let err = client.publish("events.x", big, "t", CorrelationMetadata::new("c")).await.unwrap_err();
+    assert!(matches!(err, daemoneye_eventbus::BusError::FrameTooLarge { .. }), "{err}");
     assert!(client.ping().await.is_ok());
     b.stop().await;
 }
@@ -192,38 +165,22 @@ async fn a_client_that_never_reads_does_not_stall_the_broker() {
     })));
     lazy.write_all(&sub).await.unwrap();
     let reader = BusClient::connect(&b.path, "reader").await.unwrap();
-    let mut normal = reader
-        .subscribe("events.#", BackpressurePolicy::Block, 4096)
-        .await
-        .unwrap();
+    let mut normal = reader.subscribe("events.#", BackpressurePolicy::Block, 4096).await.unwrap();
     let publisher = BusClient::connect(&b.path, "procmond").await.unwrap();
     let body = bytes::Bytes::from(vec![7u8; 16 * 1024]);
     let total = 2000u64;
     for i in 0..total {
-        publisher
-            .publish(
-                "events.bulk",
-                body.clone(),
-                "t",
-                CorrelationMetadata::new(i.to_string()),
-            )
-            .await
-            .unwrap();
+        publisher.publish("events.bulk", body.clone(), "t", CorrelationMetadata::new(i.to_string())).await.unwrap();
         if i % 64 == 0 {
             // Keep the normal reader's client-side queue drained.
-            while let Ok(Some(_)) =
-                tokio::time::timeout(Duration::from_millis(1), normal.recv()).await
-            {}
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), normal.recv()).await {}
         }
     }
     publisher.ping().await.unwrap();
     let stats = b.handle.stats();
     let lazy_stats = stats.subscriptions_of("raw").next().unwrap();
     // Every message is accounted for: delivered to the socket, dropped, or queued.
-    assert_eq!(
-        lazy_stats.delivered + lazy_stats.dropped + lazy_stats.queue_depth as u64,
-        total
-    );
+    assert_eq!(lazy_stats.delivered + lazy_stats.dropped + lazy_stats.queue_depth as u64, total);
     assert!(lazy_stats.dropped > 0, "{lazy_stats:?}");
     let normal_stats = stats.subscriptions_of("reader").next().unwrap();
     assert_eq!(normal_stats.dropped, 0);
@@ -233,11 +190,7 @@ async fn a_client_that_never_reads_does_not_stall_the_broker() {
 
 #[tokio::test]
 async fn connection_limit_is_enforced_with_a_clear_error() {
-    let b = TestBroker::start(BrokerConfig {
-        max_connections: 1,
-        ..BrokerConfig::default()
-    })
-    .await;
+    let b = TestBroker::start(BrokerConfig { max_connections: 1, ..BrokerConfig::default() }).await;
     let first = BusClient::connect(&b.path, "first").await.unwrap();
     let err = BusClient::connect(&b.path, "second").await.unwrap_err();
     assert!(err.to_string().contains("connection limit"), "{err}");

@@ -100,9 +100,7 @@ impl std::str::FromStr for Backend {
             "ebpf" => Ok(Self::Ebpf),
             "proc-connector" | "proc_connector" => Ok(Self::ProcConnector),
             "poll" => Ok(Self::Poll),
-            other => Err(format!(
-                "unknown backend {other:?}: expected auto, ebpf, proc-connector or poll"
-            )),
+            other => Err(format!("unknown backend {other:?}: expected auto, ebpf, proc-connector or poll")),
         }
     }
 }
@@ -115,6 +113,8 @@ pub struct ProcmondConfig {
     pub backend: Backend,
     /// procmond binary; empty means next to the agent.
     pub binary: PathBuf,
+    /// eBPF ring buffer size.
+    pub ringbuf_size: ByteSize,
     /// Poll backend interval.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -250,8 +250,13 @@ impl Config {
                 fig = fig.merge(Toml::file_exact(path));
             }
             None if !opts.skip_system_files => {
-                fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG_PATH));
-                if let Some(user) = user_config_path() {
+                // Optional layers: merged only when present (a missing
+                // file is not an error, an unreadable one is).
+                let system = Path::new(SYSTEM_CONFIG_PATH);
+                if system.exists() {
+                    fig = fig.merge(Toml::file_exact(system));
+                }
+                if let Some(user) = user_config_path().filter(|p| p.exists()) {
                     fig = fig.merge(Toml::file_exact(user));
                 }
             }
@@ -342,11 +347,7 @@ fn render_errors(e: figment::Error) -> String {
                     None => format!(" (from {})", m.name),
                 })
                 .unwrap_or_default();
-            let path = if err.path.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", err.path.join("."))
-            };
+            let path = if err.path.is_empty() { String::new() } else { format!("{}: ", err.path.join(".")) };
             format!("{path}{}{source}", err.kind)
         })
         .collect::<Vec<_>>()
@@ -374,8 +375,7 @@ mod tests {
     fn file_then_overrides_win() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[procmond]\nbackend = \"poll\"\n[general]\ndata_dir = \"/x\"\n")
-            .unwrap();
+        std::fs::write(&file, "[procmond]\nbackend = \"poll\"\n[general]\ndata_dir = \"/x\"\n").unwrap();
         let mut opts = LoadOptions { config_file: Some(file), ..Default::default() };
         opts.set("general.data_dir", "/y");
         let c = Config::load(&opts).unwrap();
@@ -400,10 +400,7 @@ mod tests {
 
     #[test]
     fn missing_explicit_file_is_an_error() {
-        let opts = LoadOptions {
-            config_file: Some("/nonexistent/daemoneye.toml".into()),
-            ..Default::default()
-        };
+        let opts = LoadOptions { config_file: Some("/nonexistent/daemoneye.toml".into()), ..Default::default() };
         assert!(matches!(Config::load(&opts), Err(ConfigError::Missing(_))));
     }
 

@@ -40,11 +40,7 @@ pub(crate) fn choose(config: &Config) -> anyhow::Result<Chosen> {
             }
         }
     }
-    anyhow::bail!(
-        "no telemetry backend could start (asked for {}): {}",
-        wanted.as_str(),
-        notes.join("; ")
-    )
+    anyhow::bail!("no telemetry backend could start (asked for {}): {}", wanted.as_str(), notes.join("; "))
 }
 
 fn start(b: Backend, config: &Config) -> Result<(Box<dyn EventSource>, &'static str), String> {

@@ -96,10 +96,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ledger.audit("backend", &[("backend", chosen.name), ("not_taken", notes.as_str())])?;
     ledger.commit()?;
 
-    let hasher = Arc::new(Hasher::new(
-        config.procmond.hash_max_size.as_u64(),
-        config.procmond.hash_cache_entries,
-    ));
+    let hasher = Arc::new(Hasher::new(config.procmond.hash_max_size.as_u64(), config.procmond.hash_cache_entries));
     let rt_config = RuntimeConfig {
         bus_socket: config.bus_socket(),
         client_name: "procmond".into(),

@@ -10,11 +10,10 @@ use daemoneye_lib::config::Config;
 pub(crate) fn poll_source(config: &Config) -> Result<Box<dyn EventSource>, String> {
     #[cfg(target_os = "linux")]
     {
-        let reader = daemoneye_platform_linux::procfs::ProcfsReader::new()
-            .map_err(|e| format!("cannot read /proc: {e}"))?;
+        let reader =
+            daemoneye_platform_linux::procfs::ProcfsReader::new().map_err(|e| format!("cannot read /proc: {e}"))?;
         Ok(Box::new(
-            collector_core::PollSource::new(ProcfsEnumerator(reader))
-                .with_interval(config.procmond.poll_interval),
+            collector_core::PollSource::new(ProcfsEnumerator(reader)).with_interval(config.procmond.poll_interval),
         ))
     }
     #[cfg(not(target_os = "linux"))]
@@ -26,9 +25,24 @@ pub(crate) fn poll_source(config: &Config) -> Result<Box<dyn EventSource>, Strin
     }
 }
 
-/// The eBPF source (Linux).
-pub(crate) fn ebpf_source(_config: &Config) -> Result<Box<dyn EventSource>, String> {
-    Err("this build has no eBPF programs (build them with `cargo xtask build-ebpf`)".into())
+/// The eBPF source (Linux): programs attached first, then the `/proc`
+/// snapshot, then the events queued since attach — nothing is missed or
+/// doubled at start.
+pub(crate) fn ebpf_source(config: &Config) -> Result<Box<dyn EventSource>, String> {
+    #[cfg(target_os = "linux")]
+    {
+        use daemoneye_platform_linux::{ebpf, procfs::ProcfsReader};
+        ebpf::available()?;
+        let bytes = u32::try_from(config.procmond.ringbuf_size.as_u64()).unwrap_or(u32::MAX);
+        let reader = ProcfsReader::new().map_err(|e| format!("cannot read /proc: {e}"))?;
+        let source = ebpf::EbpfSource::load(bytes).map_err(|e| e.to_string())?.with_startup_snapshot(reader);
+        Ok(Box::new(source))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = config;
+        Err("eBPF is Linux-only".into())
+    }
 }
 
 /// The netlink proc connector source (Linux).
@@ -45,9 +59,7 @@ impl collector_core::ProcessEnumerator for ProcfsEnumerator {
     fn enumerate(&mut self) -> Result<Vec<daemoneye_lib::proto::ProcessRecord>, collector_core::SourceError> {
         // `try_snapshot` fails when /proc cannot be listed at all, so a
         // first-round failure lets `auto` fall back instead of running blind.
-        self.0
-            .try_snapshot()
-            .map_err(|e| collector_core::SourceError::Enumerate(e.to_string()))
+        self.0.try_snapshot().map_err(|e| collector_core::SourceError::Enumerate(e.to_string()))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Issue #2: a process seen by procmond reaches a SQL rule, an alert and the
 //! CLI, end to end, with the real binaries on the poll backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test helpers")]
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,7 +30,10 @@ fn process_reaches_table_rule_alert_and_cli() {
             ("marker.yaml".into(), rule_yaml("e2e-marker", &m)),
             // Malformed input: a rule with an unknown column and a file that
             // is not YAML. Both are reported and skipped.
-            ("broken.yaml".into(), "id: broken-rule\nname: b\ndescription: d\nseverity: low\nsql: SELECT nmae FROM processes\n".into()),
+            (
+                "broken.yaml".into(),
+                "id: broken-rule\nname: b\ndescription: d\nseverity: low\nsql: SELECT nmae FROM processes\n".into(),
+            ),
             ("garbage.yml".into(), "{ this is: [not yaml\n".into()),
         ],
         ..Default::default()
@@ -70,13 +75,8 @@ fn process_reaches_table_rule_alert_and_cli() {
     // Exactly one alert, in the store and on stdout, naming the pid.
     let alerts = wait_for(Duration::from_secs(10), || {
         let all = agent.cli_json(&["alerts", "list"]);
-        let mine: Vec<Json> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["rule_id"] == "e2e-marker")
-            .cloned()
-            .collect();
+        let mine: Vec<Json> =
+            all.as_array().unwrap().iter().filter(|a| a["rule_id"] == "e2e-marker").cloned().collect();
         (!mine.is_empty()).then_some(mine)
     })
     .expect("no alert for the marker rule");
@@ -94,9 +94,8 @@ fn process_reaches_table_rule_alert_and_cli() {
     // After it exits the row stays, not alive, with an exit time.
     child.wait().unwrap();
     let exited = wait_for(Duration::from_secs(15), || {
-        let rows = agent.query(&format!(
-            "SELECT is_alive, exit_time FROM processes WHERE name = '{m}' AND pid = {pid}"
-        ));
+        let rows =
+            agent.query(&format!("SELECT is_alive, exit_time FROM processes WHERE name = '{m}' AND pid = {pid}"));
         (rows.len() == 1 && rows[0]["is_alive"] == 0).then(|| rows[0].clone())
     })
     .expect("exit never reached the table");
@@ -116,12 +115,7 @@ fn process_reaches_table_rule_alert_and_cli() {
 fn killed_procmond_is_restarted() {
     let agent = Agent::start(AgentOptions::default());
     let procmond_pid = |h: &Json| {
-        h["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "procmond")
-            .and_then(|c| c["pid"].as_u64())
+        h["components"].as_array().unwrap().iter().find(|c| c["name"] == "procmond").and_then(|c| c["pid"].as_u64())
     };
     let first = wait_for(Duration::from_secs(10), || procmond_pid(&agent.cli_json(&["health"])))
         .expect("procmond never reported running");

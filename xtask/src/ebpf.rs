@@ -64,10 +64,10 @@ fn nightly_cargo() -> Command {
 fn path_with_cargo_bin() -> std::ffi::OsString {
     let mut paths: Vec<PathBuf> =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(bin) = cargo_home().map(|h| h.join("bin")) {
-        if !paths.contains(&bin) {
-            paths.push(bin);
-        }
+    if let Some(bin) = cargo_home().map(|h| h.join("bin"))
+        && !paths.contains(&bin)
+    {
+        paths.push(bin);
     }
     std::env::join_paths(paths).unwrap_or_default()
 }

@@ -41,11 +41,7 @@ pub(crate) enum WriterCmd {
     /// Write this frame.
     Frame(Box<BusMessage>),
     /// Start draining a new subscription's queue.
-    AddSub {
-        sub_id: u64,
-        rx: mpsc::Receiver<Queued>,
-        counters: Arc<SubCounters>,
-    },
+    AddSub { sub_id: u64, rx: mpsc::Receiver<Queued>, counters: Arc<SubCounters> },
     /// Flush what is queued and stop.
     Close,
 }
@@ -63,11 +59,8 @@ struct SubItem {
 /// Tells a connection over the limit why it is refused, then closes it.
 pub(super) async fn refuse(stream: UnixStream, max_frame_size: usize) {
     let mut w = FramedWrite::new(stream, BusCodec::new(max_frame_size));
-    let msg = error_message(
-        BusErrorCode::Protocol,
-        "the event bus broker has reached its connection limit; retry later",
-        0,
-    );
+    let msg =
+        error_message(BusErrorCode::Protocol, "the event bus broker has reached its connection limit; retry later", 0);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), w.send(msg)).await;
 }
 
@@ -81,12 +74,7 @@ pub(super) async fn serve(shared: Arc<BrokerShared>, stream: UnixStream) {
             return;
         }
     };
-    let span = info_span!(
-        "bus_conn",
-        peer_pid = peer.pid,
-        peer_uid = peer.uid,
-        conn_id = tracing::field::Empty
-    );
+    let span = info_span!("bus_conn", peer_pid = peer.pid, peer_uid = peer.uid, conn_id = tracing::field::Empty);
     run(shared, stream, peer).instrument(span).await;
 }
 
@@ -94,27 +82,15 @@ struct ActiveGuard(Arc<BrokerShared>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0
-            .counters
-            .active_sockets
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.active_sockets.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 async fn peer_identity(stream: &UnixStream) -> std::io::Result<PeerIdentity> {
     let cred = stream.peer_cred()?;
     let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-    let exe = if pid > 0 {
-        tokio::fs::read_link(format!("/proc/{pid}/exe")).await.ok()
-    } else {
-        None
-    };
-    Ok(PeerIdentity {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid,
-        exe,
-    })
+    let exe = if pid > 0 { tokio::fs::read_link(format!("/proc/{pid}/exe")).await.ok() } else { None };
+    Ok(PeerIdentity { uid: cred.uid(), gid: cred.gid(), pid, exe })
 }
 
 async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) {
@@ -125,10 +101,7 @@ async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) 
     let hello = match handshake(&shared, &mut reader).await {
         Ok(h) => h,
         Err(e) => {
-            shared
-                .counters
-                .connections_rejected
-                .fetch_add(1, Ordering::Relaxed);
+            shared.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
             warn!(error = %e, "bus handshake failed");
             if !matches!(e, BusError::ConnectionClosed { .. } | BusError::Io { .. }) {
                 let frame = error_message(e.code(), e.to_string(), 0);
@@ -157,17 +130,13 @@ async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) 
     }
 
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-    let writer_task = shared.tracker.spawn(
-        write_loop(writer, ctl_rx, shared.cancel.clone()).instrument(tracing::Span::current()),
-    );
+    let writer_task =
+        shared.tracker.spawn(write_loop(writer, ctl_rx, shared.cancel.clone()).instrument(tracing::Span::current()));
     let closing_error = read_loop(&shared, &conn, &mut reader, &ctl_tx).await;
     shared.unregister_conn(conn.id);
     let limit = shared.config.frame_timeout;
     if let Some(frame) = closing_error {
-        shared
-            .counters
-            .frames_rejected
-            .fetch_add(1, Ordering::Relaxed);
+        shared.counters.frames_rejected.fetch_add(1, Ordering::Relaxed);
         let _ = tokio::time::timeout(limit, ctl_tx.send(WriterCmd::Frame(Box::new(frame)))).await;
     }
     let _ = tokio::time::timeout(limit, ctl_tx.send(WriterCmd::Close)).await;
@@ -179,20 +148,15 @@ async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) 
     info!(client = %conn.client_name, "bus client disconnected");
 }
 
-async fn handshake(
-    shared: &BrokerShared,
-    reader: &mut FrameReader<OwnedReadHalf>,
-) -> Result<Hello, BusError> {
+async fn handshake(shared: &BrokerShared, reader: &mut FrameReader<OwnedReadHalf>) -> Result<Hello, BusError> {
     let path = shared.socket_path.clone();
     let limit = shared.config.handshake_timeout;
     let first = tokio::select! {
         () = shared.cancel.cancelled() => return Err(BusError::Shutdown),
         r = tokio::time::timeout(limit, reader.next()) => r,
     };
-    let first = first.map_err(|_| BusError::Handshake {
-        path: path.clone(),
-        reason: format!("no Hello within {limit:?}"),
-    })??;
+    let first = first
+        .map_err(|_| BusError::Handshake { path: path.clone(), reason: format!("no Hello within {limit:?}") })??;
     match first.and_then(|m| m.kind) {
         Some(Kind::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
         Some(Kind::Hello(h)) => Err(BusError::Handshake {
@@ -203,14 +167,8 @@ async fn handshake(
                 h.protocol_version
             ),
         }),
-        Some(_) => Err(BusError::Handshake {
-            path,
-            reason: "the first frame must be Hello".to_owned(),
-        }),
-        None => Err(BusError::ConnectionClosed {
-            path,
-            reason: "closed before Hello".to_owned(),
-        }),
+        Some(_) => Err(BusError::Handshake { path, reason: "the first frame must be Hello".to_owned() }),
+        None => Err(BusError::ConnectionClosed { path, reason: "closed before Hello".to_owned() }),
     }
 }
 
@@ -231,9 +189,7 @@ async fn read_loop(
             Ok(Some(m)) => m,
             Ok(None) => return None,
             Err(
-                e @ (BusError::FrameTooLarge { .. }
-                | BusError::MalformedFrame { .. }
-                | BusError::FrameTimeout { .. }),
+                e @ (BusError::FrameTooLarge { .. } | BusError::MalformedFrame { .. } | BusError::FrameTimeout { .. }),
             ) => {
                 warn!(error = %e, "bad frame; closing this bus connection");
                 return Some(error_message(e.code(), e.to_string(), 0));
@@ -247,30 +203,21 @@ async fn read_loop(
             Some(Kind::Publish(p)) => {
                 let (id, ack) = (p.message_id, p.ack_requested);
                 match shared.publish(conn, p).await {
-                    Ok(n) if ack => Some(message(Kind::Ack(Ack {
-                        message_id: id,
-                        delivered_to: n,
-                    }))),
+                    Ok(n) if ack => Some(message(Kind::Ack(Ack { message_id: id, delivered_to: n }))),
                     Ok(_) => None,
                     Err(e) => Some(error_message(e.code(), e.to_string(), id)),
                 }
             }
-            Some(Kind::Subscribe(s)) => {
-                match shared.subscribe(conn, &s, EndNotify::Remote(ctl.clone())) {
-                    Ok(new) => {
-                        let cmd = WriterCmd::AddSub {
-                            sub_id: s.subscription_id,
-                            rx: new.rx,
-                            counters: new.counters,
-                        };
-                        if !send_ctl(shared, ctl, cmd).await {
-                            return None;
-                        }
-                        None
+            Some(Kind::Subscribe(s)) => match shared.subscribe(conn, &s, EndNotify::Remote(ctl.clone())) {
+                Ok(new) => {
+                    let cmd = WriterCmd::AddSub { sub_id: s.subscription_id, rx: new.rx, counters: new.counters };
+                    if !send_ctl(shared, ctl, cmd).await {
+                        return None;
                     }
-                    Err(e) => Some(error_message(e.code(), e.to_string(), s.subscription_id)),
+                    None
                 }
-            }
+                Err(e) => Some(error_message(e.code(), e.to_string(), s.subscription_id)),
+            },
             Some(Kind::Unsubscribe(u)) => {
                 shared.router.remove(conn.id, u.subscription_id);
                 None
@@ -370,15 +317,7 @@ fn sub_stream(sub_id: u64, rx: mpsc::Receiver<Queued>, counters: Arc<SubCounters
             let queued = rx.recv().await?;
             counters.in_writer.fetch_add(1, Ordering::Relaxed);
             let seq = seq + 1;
-            Some((
-                SubItem {
-                    sub_id,
-                    seq,
-                    counters,
-                    queued,
-                },
-                (rx, seq),
-            ))
+            Some((SubItem { sub_id, seq, counters, queued }, (rx, seq)))
         }
     }))
 }
@@ -405,10 +344,8 @@ async fn write_loop(mut w: Writer, mut ctl: mpsc::Receiver<WriterCmd>, cancel: C
                     }) {
                         Some(Ok(())) => {
                             if let Some(item) = item {
-                                item.counters.record_delivery(
-                                    &item.queued.topic,
-                                    item.queued.msg.received_at.elapsed(),
-                                );
+                                item.counters
+                                    .record_delivery(&item.queued.topic, item.queued.msg.received_at.elapsed());
                             }
                         }
                         Some(Err(BusError::FrameTooLarge { len, max })) => {

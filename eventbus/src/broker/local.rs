@@ -50,11 +50,7 @@ impl LocalClient {
         };
         let conn = shared.register_conn(name, identity, true);
         Self {
-            guard: Arc::new(LocalConnGuard {
-                shared,
-                conn,
-                next_id: AtomicU64::new(0),
-            }),
+            guard: Arc::new(LocalConnGuard { shared, conn, next_id: AtomicU64::new(0) }),
             welcome: Arc::new(welcome),
         }
     }
@@ -68,9 +64,7 @@ impl LocalClient {
         content_type: &str,
         correlation: impl Into<Correlation>,
     ) -> Result<(), BusError> {
-        self.publish_acked(topic_name, payload, content_type, correlation)
-            .await
-            .map(|_| ())
+        self.publish_acked(topic_name, payload, content_type, correlation).await.map(|_| ())
     }
 
     /// Publishes a message; returns the number of subscriptions that
@@ -104,10 +98,8 @@ impl LocalClient {
         policy: BackpressurePolicy,
         capacity: u32,
     ) -> Result<Subscription, BusError> {
-        topic::validate_pattern(pattern).map_err(|source| BusError::InvalidTopic {
-            topic: pattern.to_owned(),
-            source,
-        })?;
+        topic::validate_pattern(pattern)
+            .map_err(|source| BusError::InvalidTopic { topic: pattern.to_owned(), source })?;
         let shared = &self.guard.shared;
         if shared.cancel.is_cancelled() {
             return Err(BusError::Shutdown);
@@ -121,15 +113,7 @@ impl LocalClient {
             queue_capacity: capacity,
         };
         let new = shared.subscribe(&self.guard.conn, &req, EndNotify::Local(Arc::clone(&end)))?;
-        Ok(Subscription::local(
-            id,
-            pattern.to_owned(),
-            new.policy,
-            end,
-            new.rx,
-            new.counters,
-            Arc::clone(&self.guard),
-        ))
+        Ok(Subscription::local(id, pattern.to_owned(), new.policy, end, new.rx, new.counters, Arc::clone(&self.guard)))
     }
 
     /// The identity the broker uses for this client (the broker's own).

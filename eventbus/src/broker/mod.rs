@@ -103,18 +103,10 @@ impl Broker {
     /// to replace a live broker's socket or a non-socket file), binds under a
     /// temporary name, sets `socket_mode` (and `socket_gid`), then renames the
     /// socket into place so it is never reachable with the wrong mode.
-    pub async fn bind(
-        path: &Path,
-        config: BrokerConfig,
-        cancel: CancellationToken,
-    ) -> Result<BrokerHandle, BusError> {
+    pub async fn bind(path: &Path, config: BrokerConfig, cancel: CancellationToken) -> Result<BrokerHandle, BusError> {
         let listener = bind_socket(path, &config).await?;
-        let bind_err = |reason: String| BusError::Bind {
-            path: path.to_owned(),
-            reason,
-        };
-        let meta = std::fs::metadata(path)
-            .map_err(|e| bind_err(format!("cannot stat the bound socket: {e}")))?;
+        let bind_err = |reason: String| BusError::Bind { path: path.to_owned(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| bind_err(format!("cannot stat the bound socket: {e}")))?;
         let identity = PeerIdentity {
             uid: meta.uid(),
             gid: meta.gid(),
@@ -249,12 +241,7 @@ impl ConnInfo {
 }
 
 impl BrokerShared {
-    pub(crate) fn register_conn(
-        &self,
-        client_name: &str,
-        peer: PeerIdentity,
-        local: bool,
-    ) -> Arc<ConnInfo> {
+    pub(crate) fn register_conn(&self, client_name: &str, peer: PeerIdentity, local: bool) -> Arc<ConnInfo> {
         let id = self.counters.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
         let info = Arc::new(ConnInfo {
             id,
@@ -263,58 +250,37 @@ impl BrokerShared {
             local,
             published: AtomicU64::new(0),
         });
-        self.counters
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::clone(&info));
+        self.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::clone(&info));
         info
     }
 
     pub(crate) fn unregister_conn(&self, id: u64) {
         self.router.remove_connection(id);
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
 }
 
 async fn bind_socket(path: &Path, config: &BrokerConfig) -> Result<UnixListener, BusError> {
-    let bind_err = |reason: String| BusError::Bind {
-        path: path.to_owned(),
-        reason,
-    };
+    let bind_err = |reason: String| BusError::Bind { path: path.to_owned(), reason };
     let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
-        return Err(bind_err(
-            "the path has no parent directory or file name".to_owned(),
-        ));
+        return Err(bind_err("the path has no parent directory or file name".to_owned()));
     };
     if !parent.as_os_str().is_empty() {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            bind_err(format!(
-                "cannot create the directory {}: {e}",
-                parent.display()
-            ))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| bind_err(format!("cannot create the directory {}: {e}", parent.display())))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).await.is_ok() {
-                return Err(BusError::AlreadyRunning {
-                    path: path.to_owned(),
-                });
+                return Err(BusError::AlreadyRunning { path: path.to_owned() });
             }
-            std::fs::remove_file(path)
-                .map_err(|e| bind_err(format!("cannot remove the stale socket: {e}")))?;
+            std::fs::remove_file(path).map_err(|e| bind_err(format!("cannot remove the stale socket: {e}")))?;
             info!(socket = %path.display(), "removed stale event bus socket");
         }
         Ok(_) => {
             return Err(bind_err(
-                "the path exists and is not a socket; remove it or choose another run directory"
-                    .to_owned(),
+                "the path exists and is not a socket; remove it or choose another run directory".to_owned(),
             ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -325,11 +291,8 @@ async fn bind_socket(path: &Path, config: &BrokerConfig) -> Result<UnixListener,
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = parent.join(tmp_name);
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|e| {
-        bind_err(format!(
-            "bind failed: {e} (socket paths are limited to 107 bytes)"
-        ))
-    })?;
+    let listener = UnixListener::bind(&tmp)
+        .map_err(|e| bind_err(format!("bind failed: {e} (socket paths are limited to 107 bytes)")))?;
     let finish = || -> std::io::Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(config.socket_mode))?;
         if let Some(gid) = config.socket_gid {
@@ -339,9 +302,7 @@ async fn bind_socket(path: &Path, config: &BrokerConfig) -> Result<UnixListener,
     };
     if let Err(e) = finish() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(bind_err(format!(
-            "cannot set mode, group or name of the socket: {e}"
-        )));
+        return Err(bind_err(format!("cannot set mode, group or name of the socket: {e}")));
     }
     Ok(listener)
 }
@@ -356,26 +317,13 @@ async fn accept_loop(shared: Arc<BrokerShared>, listener: UnixListener) {
             Ok((stream, _)) => {
                 let active = shared.counters.active_sockets.load(Ordering::Relaxed);
                 if active >= shared.config.max_connections as u64 {
-                    shared
-                        .counters
-                        .connections_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        limit = shared.config.max_connections,
-                        "event bus connection limit reached; refusing"
-                    );
-                    shared
-                        .tracker
-                        .spawn(conn::refuse(stream, shared.config.max_frame_size));
+                    shared.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    warn!(limit = shared.config.max_connections, "event bus connection limit reached; refusing");
+                    shared.tracker.spawn(conn::refuse(stream, shared.config.max_frame_size));
                     continue;
                 }
-                shared
-                    .counters
-                    .active_sockets
-                    .fetch_add(1, Ordering::Relaxed);
-                shared
-                    .tracker
-                    .spawn(conn::serve(Arc::clone(&shared), stream));
+                shared.counters.active_sockets.fetch_add(1, Ordering::Relaxed);
+                shared.tracker.spawn(conn::serve(Arc::clone(&shared), stream));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -79,18 +79,11 @@ pub(crate) struct NewSubscription {
 
 impl Router {
     pub(crate) fn remove(&self, conn_id: u64, sub_id: u64) -> bool {
-        self.subs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(conn_id, sub_id))
-            .is_some()
+        self.subs.write().unwrap_or_else(PoisonError::into_inner).remove(&(conn_id, sub_id)).is_some()
     }
 
     pub(crate) fn remove_connection(&self, conn_id: u64) {
-        self.subs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(c, _), _| *c != conn_id);
+        self.subs.write().unwrap_or_else(PoisonError::into_inner).retain(|(c, _), _| *c != conn_id);
     }
 
     fn matching(&self, topic_name: &str) -> Vec<Arc<SubEntry>> {
@@ -136,21 +129,12 @@ impl BrokerShared {
         req: &Subscribe,
         notify: EndNotify,
     ) -> Result<NewSubscription, BusError> {
-        topic::validate_pattern(&req.pattern).map_err(|source| BusError::InvalidTopic {
-            topic: req.pattern.clone(),
-            source,
-        })?;
-        if let Err(message) =
-            self.config
-                .acl
-                .check_subscribe(&req.pattern, &conn.peer, self.broker_uid)
-        {
+        topic::validate_pattern(&req.pattern)
+            .map_err(|source| BusError::InvalidTopic { topic: req.pattern.clone(), source })?;
+        if let Err(message) = self.config.acl.check_subscribe(&req.pattern, &conn.peer, self.broker_uid) {
             self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
             warn!(peer_pid = conn.peer.pid, peer_uid = conn.peer.uid, pattern = %req.pattern, "bus subscribe denied");
-            return Err(BusError::AccessDenied {
-                topic: req.pattern.clone(),
-                message,
-            });
+            return Err(BusError::AccessDenied { topic: req.pattern.clone(), message });
         }
         let policy = match BackpressurePolicy::try_from(req.policy) {
             Ok(BackpressurePolicy::Unspecified) | Err(_) => BackpressurePolicy::Drop,
@@ -174,17 +158,10 @@ impl BrokerShared {
             counters: Arc::clone(&counters),
             notify,
         });
-        let mut subs = self
-            .router
-            .subs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = self.router.subs.write().unwrap_or_else(PoisonError::into_inner);
         if subs.contains_key(&(conn.id, req.subscription_id)) {
             return Err(BusError::Protocol {
-                reason: format!(
-                    "subscription id {} is already in use on this connection",
-                    req.subscription_id
-                ),
+                reason: format!("subscription id {} is already in use on this connection", req.subscription_id),
             });
         }
         let count = subs.keys().filter(|(c, _)| *c == conn.id).count();
@@ -198,30 +175,19 @@ impl BrokerShared {
         }
         subs.insert((conn.id, req.subscription_id), entry);
         debug!(conn_id = conn.id, sub_id = req.subscription_id, pattern = %req.pattern, ?policy, capacity, "bus subscribe");
-        Ok(NewSubscription {
-            rx,
-            counters,
-            policy,
-        })
+        Ok(NewSubscription { rx, counters, policy })
     }
 
     /// Routes one publish from `conn`; returns the number of subscriptions
     /// that accepted it. Errors are refusals to report to the publisher.
     pub(crate) async fn publish(&self, conn: &ConnInfo, req: Publish) -> Result<u32, BusError> {
-        topic::validate_topic(&req.topic).map_err(|source| BusError::InvalidTopic {
-            topic: req.topic.clone(),
-            source,
-        })?;
+        topic::validate_topic(&req.topic)
+            .map_err(|source| BusError::InvalidTopic { topic: req.topic.clone(), source })?;
         let acl = &self.config.acl;
-        if let Err(message) =
-            acl.check_topic(Operation::Publish, &req.topic, &conn.peer, self.broker_uid)
-        {
+        if let Err(message) = acl.check_topic(Operation::Publish, &req.topic, &conn.peer, self.broker_uid) {
             self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
             warn!(peer_pid = conn.peer.pid, peer_uid = conn.peer.uid, topic = %req.topic, "bus publish denied");
-            return Err(BusError::AccessDenied {
-                topic: req.topic,
-                message,
-            });
+            return Err(BusError::AccessDenied { topic: req.topic, message });
         }
         let topic_counters = self.topics.get(&req.topic);
         topic_counters.published.fetch_add(1, Ordering::Relaxed);
@@ -233,15 +199,7 @@ impl BrokerShared {
             .filter(|s| {
                 // Concrete subscriptions were checked when made; wildcard ones
                 // are checked per topic.
-                !s.wildcard
-                    || acl
-                        .check_topic(
-                            Operation::Subscribe,
-                            &req.topic,
-                            &s.conn.peer,
-                            self.broker_uid,
-                        )
-                        .is_ok()
+                !s.wildcard || acl.check_topic(Operation::Subscribe, &req.topic, &s.conn.peer, self.broker_uid).is_ok()
             })
             .collect();
         let queued = Queued {
@@ -276,9 +234,7 @@ impl BrokerShared {
             }
         }
         if !blocked.is_empty() {
-            let waits = blocked
-                .into_iter()
-                .map(|(sub, q)| self.wait_for_space(sub, q));
+            let waits = blocked.into_iter().map(|(sub, q)| self.wait_for_space(sub, q));
             let results = futures::future::join_all(waits).await;
             accepted += results.into_iter().filter(|ok| *ok).count() as u32;
         }
@@ -319,20 +275,12 @@ impl BrokerShared {
             "subscription {} to {:?} ended: {why}; resubscribe, read faster or use a larger queue",
             sub.sub_id, sub.pattern
         );
-        warn!(
-            conn_id = sub.conn.id,
-            peer_pid = sub.conn.peer.pid,
-            sub_id = sub.sub_id,
-            "{text}"
-        );
+        warn!(conn_id = sub.conn.id, peer_pid = sub.conn.peer.pid, sub_id = sub.sub_id, "{text}");
         match &sub.notify {
             EndNotify::Remote(ctl) => {
                 let frame = error_message(BusErrorCode::QueueFull, text, sub.sub_id);
                 if ctl.try_send(WriterCmd::Frame(Box::new(frame))).is_err() {
-                    debug!(
-                        conn_id = sub.conn.id,
-                        "could not queue the QueueFull error frame"
-                    );
+                    debug!(conn_id = sub.conn.id, "could not queue the QueueFull error frame");
                 }
             }
             EndNotify::Local(slot) => {

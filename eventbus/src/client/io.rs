@@ -137,10 +137,7 @@ async fn route_delivery(
     cancel: &CancellationToken,
     d: daemoneye_lib::proto::Deliver,
 ) -> bool {
-    let slot = lock(state)
-        .subs
-        .get(&d.subscription_id)
-        .map(|s| (s.tx.clone(), s.policy, Arc::clone(&s.end)));
+    let slot = lock(state).subs.get(&d.subscription_id).map(|s| (s.tx.clone(), s.policy, Arc::clone(&s.end)));
     let Some((tx, policy, end)) = slot else {
         return true; // unsubscribed meanwhile
     };
@@ -162,23 +159,15 @@ async fn route_delivery(
                 _ = tx.send(delivery) => false,
             }
         }
-        _ => matches!(
-            tx.try_send(delivery),
-            Err(mpsc::error::TrySendError::Full(_))
-        ),
+        _ => matches!(tx.try_send(delivery), Err(mpsc::error::TrySendError::Full(_))),
     };
     if full {
         if policy == BackpressurePolicy::Error {
             set_reason(&end, "the client-side queue was full (policy Error)");
             lock(state).subs.remove(&id);
-            let _ = out.try_send(message(Kind::Unsubscribe(Unsubscribe {
-                subscription_id: id,
-            })));
+            let _ = out.try_send(message(Kind::Unsubscribe(Unsubscribe { subscription_id: id })));
         } else {
-            debug!(
-                sub_id = id,
-                "client-side subscription queue full; delivery dropped"
-            );
+            debug!(sub_id = id, "client-side subscription queue full; delivery dropped");
         }
     }
     true

@@ -45,8 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{
-    BackpressurePolicy, BusMessage, Correlation, Hello, Ping, Publish, Subscribe, Unsubscribe,
-    Welcome,
+    BackpressurePolicy, BusMessage, Correlation, Hello, Ping, Publish, Subscribe, Unsubscribe, Welcome,
 };
 use futures::SinkExt;
 use prost::Message;
@@ -137,46 +136,27 @@ impl BusClient {
     }
 
     /// [`Self::connect`] with explicit options.
-    pub async fn connect_with(
-        path: &Path,
-        client_name: &str,
-        options: ClientOptions,
-    ) -> Result<Self, BusError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    BusError::BrokerUnavailable {
-                        path: path.to_owned(),
-                        source,
-                    }
-                }
-                _ => BusError::Connect {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
+    pub async fn connect_with(path: &Path, client_name: &str, options: ClientOptions) -> Result<Self, BusError> {
+        let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                BusError::BrokerUnavailable { path: path.to_owned(), source }
+            }
+            _ => BusError::Connect { path: path.to_owned(), source },
+        })?;
         let (rd, wr) = stream.into_split();
         let codec = BusCodec::new(options.max_frame_size);
         let mut reader = FrameReader::new(rd, codec, Some(options.request_timeout));
         let mut writer = FramedWrite::new(wr, codec);
-        let handshake_err = |reason: String| BusError::Handshake {
-            path: path.to_owned(),
-            reason,
-        };
-        let hello = message(Kind::Hello(Hello {
-            client_name: client_name.to_owned(),
-            protocol_version: PROTOCOL_VERSION,
-        }));
+        let handshake_err = |reason: String| BusError::Handshake { path: path.to_owned(), reason };
+        let hello =
+            message(Kind::Hello(Hello { client_name: client_name.to_owned(), protocol_version: PROTOCOL_VERSION }));
         let exchange = async {
             writer.send(hello).await?;
             reader.next().await
         };
         let first = tokio::time::timeout(options.handshake_timeout, exchange)
             .await
-            .map_err(|_| {
-                handshake_err(format!("no Welcome within {:?}", options.handshake_timeout))
-            })?
+            .map_err(|_| handshake_err(format!("no Welcome within {:?}", options.handshake_timeout)))?
             .map_err(|e| handshake_err(e.to_string()))?;
         let welcome = match first.and_then(|m| m.kind) {
             Some(Kind::Welcome(w)) => w,
@@ -184,9 +164,7 @@ impl BusClient {
                 return Err(handshake_err(format!("the broker refused: {}", e.message)));
             }
             Some(_) => {
-                return Err(handshake_err(
-                    "the broker did not answer with Welcome".to_owned(),
-                ));
+                return Err(handshake_err("the broker did not answer with Welcome".to_owned()));
             }
             None => return Err(handshake_err("the broker closed the connection".to_owned())),
         };
@@ -195,26 +173,11 @@ impl BusClient {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(write_loop(writer, out_rx, cancel.clone()));
-        tracker.spawn(read_loop(
-            reader,
-            Arc::clone(&state),
-            out.clone(),
-            cancel.clone(),
-        ));
+        tracker.spawn(read_loop(reader, Arc::clone(&state), out.clone(), cancel.clone()));
         tracker.close();
-        let conn = ClientConn {
-            path: path.to_owned(),
-            out,
-            state,
-            next_id: AtomicU64::new(0),
-            options,
-            cancel,
-            tracker,
-        };
-        Ok(Self {
-            conn: Arc::new(conn),
-            welcome: Arc::new(welcome),
-        })
+        let conn =
+            ClientConn { path: path.to_owned(), out, state, next_id: AtomicU64::new(0), options, cancel, tracker };
+        Ok(Self { conn: Arc::new(conn), welcome: Arc::new(welcome) })
     }
 
     /// Publishes without waiting for the broker. Refusals (access denied)
@@ -227,13 +190,7 @@ impl BusClient {
         content_type: &str,
         correlation: impl Into<Correlation>,
     ) -> Result<(), BusError> {
-        let (_, msg) = self.conn.publish_frame(
-            topic_name,
-            payload,
-            content_type,
-            correlation.into(),
-            false,
-        )?;
+        let (_, msg) = self.conn.publish_frame(topic_name, payload, content_type, correlation.into(), false)?;
         self.conn.send(msg).await
     }
 
@@ -247,8 +204,7 @@ impl BusClient {
         correlation: impl Into<Correlation>,
     ) -> Result<u32, BusError> {
         let conn = &self.conn;
-        let (id, msg) =
-            conn.publish_frame(topic_name, payload, content_type, correlation.into(), true)?;
+        let (id, msg) = conn.publish_frame(topic_name, payload, content_type, correlation.into(), true)?;
         let (tx, rx) = oneshot::channel();
         conn.with_state(|s| s.acks.insert(id, (topic_name.to_owned(), tx)))?;
         let what = || format!("publish_acked to {topic_name}");
@@ -269,31 +225,18 @@ impl BusClient {
         policy: BackpressurePolicy,
         capacity: u32,
     ) -> Result<Subscription, BusError> {
-        topic::validate_pattern(pattern).map_err(|source| BusError::InvalidTopic {
-            topic: pattern.to_owned(),
-            source,
-        })?;
+        topic::validate_pattern(pattern)
+            .map_err(|source| BusError::InvalidTopic { topic: pattern.to_owned(), source })?;
         let conn = &self.conn;
         let id = conn.next_id();
         let nonce = conn.next_id();
-        let cap = if capacity == 0 {
-            conn.options.default_queue_capacity
-        } else {
-            capacity
-        };
+        let cap = if capacity == 0 { conn.options.default_queue_capacity } else { capacity };
         let (dtx, drx) = mpsc::channel(cap.clamp(1, 1 << 20) as usize);
         let end = Arc::new(Mutex::new(None));
         let (etx, erx) = oneshot::channel();
         let (ptx, prx) = oneshot::channel();
         conn.with_state(|s| {
-            s.subs.insert(
-                id,
-                SubSlot {
-                    tx: dtx,
-                    policy,
-                    end: Arc::clone(&end),
-                },
-            );
+            s.subs.insert(id, SubSlot { tx: dtx, policy, end: Arc::clone(&end) });
             s.sub_requests.insert(id, (pattern.to_owned(), etx));
             s.pings.insert(nonce, ptx);
         })?;
@@ -336,14 +279,7 @@ impl BusClient {
             }
         });
         outcome?;
-        Ok(Subscription::remote(
-            id,
-            pattern.to_owned(),
-            policy,
-            end,
-            drx,
-            Arc::clone(conn),
-        ))
+        Ok(Subscription::remote(id, pattern.to_owned(), policy, end, drx, Arc::clone(conn)))
     }
 
     /// Round trip to the broker.
@@ -353,11 +289,7 @@ impl BusClient {
         let (tx, rx) = oneshot::channel();
         conn.with_state(|s| s.pings.insert(nonce, tx))?;
         let start = Instant::now();
-        let answer = conn
-            .request(message(Kind::Ping(Ping { nonce })), rx, || {
-                "ping".to_owned()
-            })
-            .await;
+        let answer = conn.request(message(Kind::Ping(Ping { nonce })), rx, || "ping".to_owned()).await;
         conn.with_state(|s| s.pings.remove(&nonce)).ok();
         answer.map(|()| start.elapsed())
     }
@@ -399,24 +331,15 @@ impl ClientConn {
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, BusError> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(reason) = &s.closed {
-            return Err(BusError::ConnectionClosed {
-                path: self.path.clone(),
-                reason: reason.clone(),
-            });
+            return Err(BusError::ConnectionClosed { path: self.path.clone(), reason: reason.clone() });
         }
         Ok(f(&mut s))
     }
 
     fn closed_error(&self) -> BusError {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let reason = s
-            .closed
-            .clone()
-            .unwrap_or_else(|| "the connection ended".to_owned());
-        BusError::ConnectionClosed {
-            path: self.path.clone(),
-            reason,
-        }
+        let reason = s.closed.clone().unwrap_or_else(|| "the connection ended".to_owned());
+        BusError::ConnectionClosed { path: self.path.clone(), reason }
     }
 
     async fn send(&self, msg: BusMessage) -> Result<(), BusError> {
@@ -436,10 +359,7 @@ impl ClientConn {
         match tokio::time::timeout(self.options.request_timeout, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => Err(BusError::Timeout {
-                what: what(),
-                after: self.options.request_timeout,
-            }),
+            Err(_) => Err(BusError::Timeout { what: what(), after: self.options.request_timeout }),
         }
     }
 
@@ -451,10 +371,8 @@ impl ClientConn {
         correlation: Correlation,
         ack_requested: bool,
     ) -> Result<(u64, BusMessage), BusError> {
-        topic::validate_topic(topic_name).map_err(|source| BusError::InvalidTopic {
-            topic: topic_name.to_owned(),
-            source,
-        })?;
+        topic::validate_topic(topic_name)
+            .map_err(|source| BusError::InvalidTopic { topic: topic_name.to_owned(), source })?;
         let id = self.next_id();
         let msg = message(Kind::Publish(Publish {
             topic: topic_name.to_owned(),
@@ -467,10 +385,7 @@ impl ClientConn {
         // Deliver frames carry ~40 bytes more than the Publish; keep room.
         let len = msg.encoded_len() + 64;
         if len > self.options.max_frame_size {
-            return Err(BusError::FrameTooLarge {
-                len,
-                max: self.options.max_frame_size,
-            });
+            return Err(BusError::FrameTooLarge { len, max: self.options.max_frame_size });
         }
         Ok((id, msg))
     }
@@ -478,16 +393,9 @@ impl ClientConn {
     /// Forgets a subscription and tells the broker (best effort: if the
     /// outgoing queue is full the broker drops it when the connection ends).
     pub(crate) fn unsubscribe(&self, id: u64) {
-        let removed = self
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .subs
-            .remove(&id);
+        let removed = self.state.lock().unwrap_or_else(PoisonError::into_inner).subs.remove(&id);
         if removed.is_some() {
-            let msg = message(Kind::Unsubscribe(Unsubscribe {
-                subscription_id: id,
-            }));
+            let msg = message(Kind::Unsubscribe(Unsubscribe { subscription_id: id }));
             if self.out.try_send(msg).is_err() {
                 debug!(sub_id = id, "could not queue Unsubscribe");
             }

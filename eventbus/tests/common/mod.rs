@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_eventbus::frame::{encode_to_bytes, message};
-use daemoneye_eventbus::{
-    AccessPolicy, Broker, BrokerConfig, BrokerHandle, Delivery, Subscription,
-};
+use daemoneye_eventbus::{AccessPolicy, Broker, BrokerConfig, BrokerHandle, Delivery, Subscription};
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{BusMessage, Hello};
 use prost::Message;
@@ -34,35 +32,21 @@ impl TestBroker {
         let path = dir.path().join("run").join("bus.sock");
         let cancel = CancellationToken::new();
         let handle = Broker::bind(&path, config, cancel.clone()).await.unwrap();
-        Self {
-            dir,
-            path,
-            handle,
-            cancel,
-        }
+        Self { dir, path, handle, cancel }
     }
 
     pub(crate) async fn start_default() -> Self {
-        Self::start(BrokerConfig {
-            acl: AccessPolicy::default(),
-            ..BrokerConfig::default()
-        })
-        .await
+        Self::start(BrokerConfig { acl: AccessPolicy::default(), ..BrokerConfig::default() }).await
     }
 
     pub(crate) async fn stop(self) {
         self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.handle.join())
-            .await
-            .expect("broker tasks did not end");
+        tokio::time::timeout(WAIT, self.handle.join()).await.expect("broker tasks did not end");
     }
 }
 
 pub(crate) async fn recv(sub: &mut Subscription) -> Delivery {
-    tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .expect("no delivery in time")
-        .expect("subscription ended")
+    tokio::time::timeout(WAIT, sub.recv()).await.expect("no delivery in time").expect("subscription ended")
 }
 
 /// Asserts that nothing arrives for a short while.
@@ -79,10 +63,7 @@ pub(crate) fn payload(s: &str) -> Bytes {
 /// A raw connection that completed the handshake.
 pub(crate) async fn raw_connect(path: &std::path::Path) -> UnixStream {
     let mut s = UnixStream::connect(path).await.unwrap();
-    let hello = message(Kind::Hello(Hello {
-        client_name: "raw".into(),
-        protocol_version: 1,
-    }));
+    let hello = message(Kind::Hello(Hello { client_name: "raw".into(), protocol_version: 1 }));
     s.write_all(&encode_to_bytes(&hello)).await.unwrap();
     match read_msg(&mut s).await.and_then(|m| m.kind) {
         Some(Kind::Welcome(_)) => s,
@@ -120,10 +101,7 @@ pub(crate) async fn read_error(s: &mut UnixStream) -> daemoneye_lib::proto::BusE
 pub(crate) async fn assert_closed(s: &mut UnixStream) {
     let mut buf = [0u8; 64];
     loop {
-        match tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("connection not closed in time")
-        {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("connection not closed in time") {
             Ok(0) | Err(_) => return,
             Ok(_) => continue,
         }

@@ -190,9 +190,7 @@ pub fn process_row(state: &ProcessState) -> Vec<Value> {
     push_process_columns(&mut row, state.record.as_ref().unwrap_or(&empty));
     row.extend([
         Value::from(state.is_alive),
-        Value::from(event_source_name(
-            EventSource::try_from(state.source).unwrap_or(EventSource::Unspecified),
-        )),
+        Value::from(event_source_name(EventSource::try_from(state.source).unwrap_or(EventSource::Unspecified))),
         Value::Integer(i64::try_from(state.last_seq).unwrap_or(i64::MAX)),
     ]);
     row
@@ -210,10 +208,7 @@ pub fn event_row(event: &ProcessEvent, state: Option<&ProcessState>) -> Vec<Valu
         Value::from(event_source_name(event.source())),
     ]);
     let empty = ProcessRecord::default();
-    let record = state
-        .and_then(|s| s.record.as_ref())
-        .or(event.process.as_ref())
-        .unwrap_or(&empty);
+    let record = state.and_then(|s| s.record.as_ref()).or(event.process.as_ref()).unwrap_or(&empty);
     push_process_columns(&mut row, record);
     row.push(event.gap.as_ref().map(|g| i64::try_from(g.lost_events).unwrap_or(i64::MAX)).into());
     row

@@ -80,11 +80,7 @@ impl fmt::Display for Value {
 
 /// Formats a real the way SQLite prints it (`1.0`, not `1`).
 pub fn format_real(r: f64) -> String {
-    if r.is_finite() && r == r.trunc() && r.abs() < 1e15 {
-        format!("{r:.1}")
-    } else {
-        format!("{r}")
-    }
+    if r.is_finite() && r == r.trunc() && r.abs() < 1e15 { format!("{r:.1}") } else { format!("{r}") }
 }
 
 impl From<i64> for Value {

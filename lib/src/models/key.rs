@@ -42,12 +42,8 @@ impl ProcessKey {
     /// Builds a key from a start time already in clock ticks (as `/proc`
     /// reports it).
     pub fn from_ticks(boot_id: &str, pid: u32, start_ticks: u64) -> Self {
-        let boot: String = boot_id
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .take(8)
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let boot: String =
+            boot_id.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>().to_ascii_lowercase();
         Self { boot, pid, start_ticks }
     }
 

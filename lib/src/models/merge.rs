@@ -16,9 +16,30 @@ pub fn merge_record(state: &mut ProcessRecord, delta: &ProcessRecord) {
         state.process_key.clone_from(&delta.process_key);
     }
     take!(
-        ppid, parent_key, name, executable_path, argv, command_line, cwd, uid, gid, euid,
-        egid, user_name, cgroup, container_id, start_time_ns, exit_time_ns, exit_code, signal,
-        executable_hash, hash_algorithm, file_exists, accessible, cpu_usage, memory_usage,
+        ppid,
+        parent_key,
+        name,
+        executable_path,
+        argv,
+        command_line,
+        cwd,
+        uid,
+        gid,
+        euid,
+        egid,
+        user_name,
+        cgroup,
+        container_id,
+        start_time_ns,
+        exit_time_ns,
+        exit_code,
+        signal,
+        executable_hash,
+        hash_algorithm,
+        file_exists,
+        accessible,
+        cpu_usage,
+        memory_usage,
         is_thread,
     );
 }

@@ -49,10 +49,8 @@ pub fn join_command_line(args: &[String]) -> String {
         if i > 0 {
             out.push(' ');
         }
-        let plain = !a.is_empty()
-            && a.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b) || b >= 0x80
-            });
+        let plain =
+            !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b) || b >= 0x80);
         if plain {
             out.push_str(a);
         } else {

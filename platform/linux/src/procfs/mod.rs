@@ -116,11 +116,7 @@ impl ProcfsReader {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(daemoneye_lib::models::boot_id);
-        let clock = if root == Path::new("/proc") {
-            boot_time_from_clocks()
-        } else {
-            None
-        };
+        let clock = if root == Path::new("/proc") { boot_time_from_clocks() } else { None };
         let boot_time_ns = match clock {
             Some(ns) => ns,
             None => boot_time_from_stat(root)?,
@@ -170,10 +166,8 @@ impl ProcfsReader {
     /// The pids of all processes (thread-group leaders: the numeric entries
     /// of the proc root; threads are not listed there).
     pub fn pids(&self) -> Result<Vec<u32>, ProcfsError> {
-        let entries = std::fs::read_dir(&self.root).map_err(|source| ProcfsError::Io {
-            path: self.root.clone(),
-            source,
-        })?;
+        let entries =
+            std::fs::read_dir(&self.root).map_err(|source| ProcfsError::Io { path: self.root.clone(), source })?;
         let mut pids: Vec<u32> = entries
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
@@ -190,11 +184,7 @@ impl ProcfsReader {
 
     /// The process key of `pid`.
     pub fn key_of(&self, pid: u32) -> Result<ProcessKey, ProcfsError> {
-        Ok(ProcessKey::from_ticks(
-            &self.boot_id,
-            pid,
-            self.start_ticks(pid)?,
-        ))
+        Ok(ProcessKey::from_ticks(&self.boot_id, pid, self.start_ticks(pid)?))
     }
 
     /// Reads everything about `pid` but the executable hash.
@@ -352,9 +342,7 @@ impl ProcfsReader {
         if let Some(name) = cache.names.get(&uid) {
             return Some(name.clone());
         }
-        let stale = cache
-            .loaded_at
-            .is_none_or(|t| t.elapsed() >= PASSWD_RELOAD_AFTER);
+        let stale = cache.loaded_at.is_none_or(|t| t.elapsed() >= PASSWD_RELOAD_AFTER);
         if stale {
             match std::fs::read_to_string(&self.passwd_path) {
                 Ok(text) => cache.names = parse::parse_passwd(&text),
@@ -373,11 +361,7 @@ impl ProcfsReader {
 /// and a wrapped pid can be smaller than its parent's.
 fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecord> {
     records.sort_by_key(|r| (r.start_time_ns, r.pid));
-    let index: HashMap<&str, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.process_key.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = records.iter().enumerate().map(|(i, r)| (r.process_key.as_str(), i)).collect();
     let mut done = vec![false; records.len()];
     let mut order = Vec::with_capacity(records.len());
     for i in 0..records.len() {
@@ -385,11 +369,7 @@ fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecord> {
         let mut cur = Some(i);
         while let Some(c) = cur.filter(|c| !done[*c] && !chain.contains(c)) {
             chain.push(c);
-            cur = records[c]
-                .parent_key
-                .as_deref()
-                .and_then(|k| index.get(k))
-                .copied();
+            cur = records[c].parent_key.as_deref().and_then(|k| index.get(k)).copied();
         }
         for &c in chain.iter().rev() {
             done[c] = true;
@@ -397,10 +377,7 @@ fn parents_first(mut records: Vec<ProcessRecord>) -> Vec<ProcessRecord> {
         }
     }
     let mut slots: Vec<Option<ProcessRecord>> = records.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
-        .collect()
+    order.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect()
 }
 
 /// `ENOENT`/`ESRCH`: the process (or the part) is not there.
@@ -432,9 +409,7 @@ fn boot_time_from_clocks() -> Option<i64> {
     // `time_t` and `c_long` are `i32` on 32-bit targets, hence the `from`s.
     #[allow(clippy::useless_conversion)]
     let ns = |ts: nix::sys::time::TimeSpec| {
-        i64::from(ts.tv_sec())
-            .checked_mul(1_000_000_000)?
-            .checked_add(i64::from(ts.tv_nsec()))
+        i64::from(ts.tv_sec()).checked_mul(1_000_000_000)?.checked_add(i64::from(ts.tv_nsec()))
     };
     let b1 = ns(clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?)?;
     let real = ns(clock_gettime(ClockId::CLOCK_REALTIME).ok()?)?;
@@ -445,20 +420,11 @@ fn boot_time_from_clocks() -> Option<i64> {
 /// Boot time from the `btime` line of `<root>/stat` (whole seconds).
 fn boot_time_from_stat(root: &Path) -> Result<i64, ProcfsError> {
     let path = root.join("stat");
-    let text = std::fs::read_to_string(&path).map_err(|source| ProcfsError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ProcfsError::Io { path: path.clone(), source })?;
     let secs = text
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse::<i64>().ok())
-        .ok_or_else(|| ProcfsError::Parse {
-            path: path.clone(),
-            reason: "no btime line".into(),
-        })?;
-    secs.checked_mul(1_000_000_000).ok_or(ProcfsError::Parse {
-        path,
-        reason: "btime out of range".into(),
-    })
+        .ok_or_else(|| ProcfsError::Parse { path: path.clone(), reason: "no btime line".into() })?;
+    secs.checked_mul(1_000_000_000).ok_or(ProcfsError::Parse { path, reason: "btime out of range".into() })
 }

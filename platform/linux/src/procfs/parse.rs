@@ -45,10 +45,7 @@ pub(crate) fn parse_stat(text: &str) -> Result<Stat, String> {
     let comm = text[open + 1..close].to_owned();
     // Fields after comm, numbered from 3 (state).
     let mut rest = text[close + 1..].split_ascii_whitespace();
-    let state = rest
-        .next()
-        .and_then(|s| s.chars().next())
-        .ok_or("missing state (field 3)")?;
+    let state = rest.next().and_then(|s| s.chars().next()).ok_or("missing state (field 3)")?;
     let nth = |fields: &[&str], n: usize, what: &str| -> Result<u64, String> {
         // `fields[0]` is field 4.
         fields
@@ -61,13 +58,7 @@ pub(crate) fn parse_stat(text: &str) -> Result<Stat, String> {
     let ppid = u32::try_from(nth(&fields, 4, "ppid")?).map_err(|e| format!("bad ppid: {e}"))?;
     let flags = nth(&fields, 9, "flags")?;
     let start_ticks = nth(&fields, 22, "starttime")?;
-    Ok(Stat {
-        comm,
-        state,
-        ppid,
-        flags,
-        start_ticks,
-    })
+    Ok(Stat { comm, state, ppid, flags, start_ticks })
 }
 
 /// The fields of `/proc/<pid>/status` the reader needs.
@@ -91,9 +82,7 @@ pub(crate) fn parse_status(text: &str) -> Status {
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
-        let mut nums = value
-            .split_ascii_whitespace()
-            .map(|v| v.parse::<u32>().ok());
+        let mut nums = value.split_ascii_whitespace().map(|v| v.parse::<u32>().ok());
         match key {
             "Tgid" => st.tgid = nums.next().flatten(),
             "Uid" => {
@@ -117,11 +106,7 @@ pub(crate) fn parse_cmdline(bytes: &[u8]) -> Option<Vec<String>> {
         return None;
     }
     let body = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    Some(
-        body.split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+    Some(body.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
 /// Resident set size in bytes from `/proc/<pid>/statm` (second field, in
@@ -140,8 +125,7 @@ pub(crate) fn parse_cgroup(text: &str) -> Option<String> {
     let mut systemd = None;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         if controllers.is_empty() {
@@ -289,52 +273,32 @@ mod tests {
 
     #[test]
     fn status_ids() {
-        let st = parse_status(
-            "Name:\tx\nTgid:\t42\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n",
-        );
+        let st = parse_status("Name:\tx\nTgid:\t42\nUid:\t1000\t1001\t1000\t1000\nGid:\t100\t101\t100\t100\n");
         assert_eq!(st.tgid, Some(42));
-        assert_eq!(
-            (st.uid, st.euid, st.gid, st.egid),
-            (Some(1000), Some(1001), Some(100), Some(101))
-        );
+        assert_eq!((st.uid, st.euid, st.gid, st.egid), (Some(1000), Some(1001), Some(100), Some(101)));
         assert_eq!(parse_status("Uid:\tx\n").uid, None);
     }
 
     #[test]
     fn cmdline_split() {
         assert_eq!(parse_cmdline(b""), None);
-        assert_eq!(
-            parse_cmdline(b"a\0b c\0\0"),
-            Some(vec!["a".into(), "b c".into(), "".into()])
-        );
-        assert_eq!(
-            parse_cmdline(b"nginx: worker"),
-            Some(vec!["nginx: worker".into()])
-        );
+        assert_eq!(parse_cmdline(b"a\0b c\0\0"), Some(vec!["a".into(), "b c".into(), "".into()]));
+        assert_eq!(parse_cmdline(b"nginx: worker"), Some(vec!["nginx: worker".into()]));
     }
 
     #[test]
     fn statm_rss() {
-        assert_eq!(
-            parse_statm_rss("765 423 395 5 0 123 0\n", 4096),
-            Some(423 * 4096)
-        );
+        assert_eq!(parse_statm_rss("765 423 395 5 0 123 0\n", 4096), Some(423 * 4096));
         assert_eq!(parse_statm_rss("765", 4096), None);
     }
 
     #[test]
     fn cgroup_paths_and_container_ids() {
         let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
-        assert_eq!(
-            parse_cgroup(&v2).as_deref(),
-            Some(&*format!("/system.slice/docker-{ID}.scope"))
-        );
+        assert_eq!(parse_cgroup(&v2).as_deref(), Some(&*format!("/system.slice/docker-{ID}.scope")));
         assert_eq!(container_id(&v2).as_deref(), Some(ID));
         let v1 = format!("12:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n");
-        assert_eq!(
-            parse_cgroup(&v1).as_deref(),
-            Some(&*format!("/docker/{ID}"))
-        );
+        assert_eq!(parse_cgroup(&v1).as_deref(), Some(&*format!("/docker/{ID}")));
         assert_eq!(container_id(&v1).as_deref(), Some(ID));
         for path in [
             format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"),
@@ -342,40 +306,23 @@ mod tests {
             format!("/machine.slice/crio-{ID}.scope"),
             format!("/user.slice/user-1000.slice/user@1000.service/libpod-{ID}.scope/container"),
         ] {
-            assert_eq!(
-                container_id(&format!("0::{path}\n")).as_deref(),
-                Some(ID),
-                "{path}"
-            );
+            assert_eq!(container_id(&format!("0::{path}\n")).as_deref(), Some(ID), "{path}");
         }
-        assert_eq!(
-            container_id(&format!("0::/machine.slice/libpod-conmon-{ID}.scope\n")),
-            None
-        );
-        assert_eq!(
-            container_id("0::/user.slice/user-1000.slice/session-2.scope\n"),
-            None
-        );
+        assert_eq!(container_id(&format!("0::/machine.slice/libpod-conmon-{ID}.scope\n")), None);
+        assert_eq!(container_id("0::/user.slice/user-1000.slice/session-2.scope\n"), None);
         // 32 hex digits are not a container id; 65 are not either.
-        assert_eq!(
-            container_id("4:memory:/process_api/d16b6e9e0fe5dd536e901652341f010c\n"),
-            None
-        );
+        assert_eq!(container_id("4:memory:/process_api/d16b6e9e0fe5dd536e901652341f010c\n"), None);
         assert_eq!(container_id(&format!("0::/docker/{ID}a\n")), None);
         assert_eq!(parse_cgroup("4:memory:/x\n"), None);
     }
 
     #[test]
     fn passwd_and_deleted() {
-        let users = parse_passwd(
-            "# c\nroot:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/h:/bin/sh\ndup:x:0:0::/:/\nbad\n",
-        );
+        let users =
+            parse_passwd("# c\nroot:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/h:/bin/sh\ndup:x:0:0::/:/\nbad\n");
         assert_eq!(users.get(&0).map(String::as_str), Some("root"));
         assert_eq!(users.get(&1000).map(String::as_str), Some("alice"));
-        assert_eq!(
-            split_deleted("/usr/bin/x (deleted)"),
-            ("/usr/bin/x".into(), false)
-        );
+        assert_eq!(split_deleted("/usr/bin/x (deleted)"), ("/usr/bin/x".into(), false));
         assert_eq!(split_deleted("/usr/bin/x"), ("/usr/bin/x".into(), true));
     }
 }

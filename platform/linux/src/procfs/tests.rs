@@ -27,14 +27,7 @@ fn reads_the_test_process_itself() {
     assert_eq!(rec.pid, me);
     assert_eq!(rec.ppid, Some(std::os::unix::process::parent_id()));
     assert_eq!(rec.process_key, r.key_of(me).unwrap().to_string());
-    assert_eq!(
-        rec.parent_key,
-        Some(
-            r.key_of(std::os::unix::process::parent_id())
-                .unwrap()
-                .to_string()
-        )
-    );
+    assert_eq!(rec.parent_key, Some(r.key_of(std::os::unix::process::parent_id()).unwrap().to_string()));
     let exe = std::env::current_exe().unwrap();
     assert_eq!(rec.executable_path.as_deref(), Some(exe.to_str().unwrap()));
     assert_eq!(rec.file_exists, Some(true));
@@ -61,13 +54,7 @@ fn reads_the_test_process_itself() {
 fn sees_a_spawned_child_and_its_parent() {
     let r = ProcfsReader::new().unwrap();
     let marker = format!("{}.{}", std::process::id(), 4711);
-    let child = Reaped(
-        Command::new("sleep")
-            .arg("30")
-            .arg(&marker)
-            .spawn()
-            .unwrap(),
-    );
+    let child = Reaped(Command::new("sleep").arg("30").arg(&marker).spawn().unwrap());
     let pid = child.0.id();
     // The exec may not have happened yet right after spawn: wait for it.
     let mut rec = r.read_process(pid).unwrap();
@@ -78,22 +65,12 @@ fn sees_a_spawned_child_and_its_parent() {
         std::thread::sleep(Duration::from_millis(10));
         rec = r.read_process(pid).unwrap();
     }
-    assert_eq!(
-        rec.argv.unwrap().args,
-        vec!["sleep".to_string(), "30".into(), marker]
-    );
+    assert_eq!(rec.argv.unwrap().args, vec!["sleep".to_string(), "30".into(), marker]);
     assert_eq!(rec.name.as_deref(), Some("sleep"));
     assert_eq!(rec.ppid, Some(std::process::id()));
-    assert_eq!(
-        rec.parent_key,
-        Some(r.key_of(std::process::id()).unwrap().to_string())
-    );
+    assert_eq!(rec.parent_key, Some(r.key_of(std::process::id()).unwrap().to_string()));
     assert!(r.pids().unwrap().contains(&pid));
-    assert!(
-        r.snapshot()
-            .iter()
-            .any(|p| p.process_key == rec.process_key)
-    );
+    assert!(r.snapshot().iter().any(|p| p.process_key == rec.process_key));
     drop(child);
     // Reaped: gone.
     assert!(matches!(r.read_process(pid), Err(ProcfsError::Gone(p)) if p == pid));
@@ -104,10 +81,7 @@ fn snapshot_is_parents_first_and_threads_are_refused() {
     let r = ProcfsReader::new().unwrap();
     let snap = r.snapshot();
     assert!(snap.iter().any(|p| p.pid == std::process::id()));
-    assert!(
-        snap.windows(2)
-            .all(|w| w[0].start_time_ns <= w[1].start_time_ns)
-    );
+    assert!(snap.windows(2).all(|w| w[0].start_time_ns <= w[1].start_time_ns));
     // A thread of this process is not a process.
     let (tx, rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -149,16 +123,8 @@ impl FakeProc {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("proc/sys/kernel/random")).unwrap();
-        std::fs::write(
-            dir.path().join("proc/sys/kernel/random/boot_id"),
-            format!("{BOOT}\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("proc/stat"),
-            format!("cpu 1 2 3\nbtime {BTIME}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("proc/sys/kernel/random/boot_id"), format!("{BOOT}\n")).unwrap();
+        std::fs::write(dir.path().join("proc/stat"), format!("cpu 1 2 3\nbtime {BTIME}\n")).unwrap();
         std::fs::write(
             dir.path().join("passwd"),
             "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
@@ -172,9 +138,7 @@ impl FakeProc {
     }
 
     fn reader(&self) -> ProcfsReader {
-        ProcfsReader::with_root(&self.root())
-            .unwrap()
-            .with_passwd(&self.dir.path().join("passwd"))
+        ProcfsReader::with_root(&self.root()).unwrap().with_passwd(&self.dir.path().join("passwd"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -221,17 +185,7 @@ impl FakeProc {
 #[test]
 fn fake_tree_with_hostile_comm_kernel_thread_deleted_exe_and_container() {
     let f = FakeProc::new();
-    f.add(
-        1,
-        "init",
-        0,
-        0x400100,
-        1,
-        0,
-        b"/sbin/init\0",
-        Some("/sbin/init"),
-        "0::/init.scope\n",
-    );
+    f.add(1, "init", 0, 0x400100, 1, 0, b"/sbin/init\0", Some("/sbin/init"), "0::/init.scope\n");
     f.add(2, "kthreadd", 0, 0x208040, 1, 0, b"", None, "0::/\n");
     f.add(
         100,
@@ -257,27 +211,15 @@ fn fake_tree_with_hostile_comm_kernel_thread_deleted_exe_and_container() {
     assert_eq!(p.parent_key.as_deref(), Some("0123abcd-1-1"));
     assert_eq!(p.executable_path.as_deref(), Some("/opt/app/bin/app"));
     assert_eq!(p.file_exists, Some(false));
-    assert_eq!(
-        p.argv.as_ref().unwrap().args,
-        vec!["./we ird".to_string(), "--flag=it's".into()]
-    );
+    assert_eq!(p.argv.as_ref().unwrap().args, vec!["./we ird".to_string(), "--flag=it's".into()]);
     assert!(!p.argv.as_ref().unwrap().truncated);
-    assert_eq!(
-        p.command_line.as_deref(),
-        Some(r"'./we ird' '--flag=it'\''s'")
-    );
+    assert_eq!(p.command_line.as_deref(), Some(r"'./we ird' '--flag=it'\''s'"));
     assert_eq!(p.cwd.as_deref(), Some("/srv/work dir"));
-    assert_eq!(
-        (p.uid, p.euid, p.gid, p.egid),
-        (Some(1000), Some(1000), Some(1000), Some(1000))
-    );
+    assert_eq!((p.uid, p.euid, p.gid, p.egid), (Some(1000), Some(1000), Some(1000), Some(1000)));
     assert_eq!(p.user_name.as_deref(), Some("alice"));
     assert_eq!(p.container_id.as_deref(), Some(CID));
     assert_eq!(p.cgroup, Some(format!("/system.slice/docker-{CID}.scope")));
-    assert_eq!(
-        p.start_time_ns,
-        Some(BTIME * 1_000_000_000 + 500 * TICK_NS as i64)
-    );
+    assert_eq!(p.start_time_ns, Some(BTIME * 1_000_000_000 + 500 * TICK_NS as i64));
     assert_eq!(p.memory_usage, Some(25 * r.page_size));
     assert_eq!(p.accessible, Some(true));
     assert_eq!(p.executable_hash, None);
@@ -297,17 +239,7 @@ fn fake_tree_with_hostile_comm_kernel_thread_deleted_exe_and_container() {
     assert_eq!(init.file_exists, Some(true));
 
     // A child with a wrapped (smaller) pid, started in its parent's tick.
-    f.add(
-        50,
-        "child",
-        100,
-        0x400100,
-        500,
-        1000,
-        b"c\0",
-        Some("/bin/c"),
-        "0::/\n",
-    );
+    f.add(50, "child", 100, 0x400100, 500, 1000, b"c\0", Some("/bin/c"), "0::/\n");
     let snap = r.snapshot();
     let order: Vec<u32> = snap.iter().map(|p| p.pid).collect();
     assert_eq!(order, vec![1, 2, 100, 50]);

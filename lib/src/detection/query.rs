@@ -1,0 +1,165 @@
+//! The public face of the engine: compile a SELECT once, run it many times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::bind;
+use super::error::SqlError;
+use super::exec::Ctx;
+use super::plan::{Plan, SourceKind};
+use super::{Table, TableProvider, Value};
+
+/// A validated, compiled SELECT. Cheap to clone and share between threads.
+#[derive(Debug, Clone)]
+pub struct Query {
+    plan: Arc<Plan>,
+    sql: Arc<str>,
+}
+
+/// Values for a query's parameters: `?`/`?N` by position (0-based here,
+/// `?1` is `positional[0]`), `:name`/`@name`/`$name` by name (with or
+/// without the prefix).
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    /// Positional values.
+    pub positional: Vec<Value>,
+    /// Named values.
+    pub named: HashMap<String, Value>,
+}
+
+/// Bounds on one execution.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock bound, checked every few hundred rows.
+    pub timeout: Duration,
+    /// Most rows returned (the result is cut and marked `truncated`);
+    /// a subquery or CTE past it is an error.
+    pub max_rows: u64,
+    /// Most rows held in memory at once (sorting, grouping, subquery and
+    /// CTE results, lookups), summed over the execution.
+    pub max_memory_rows: u64,
+    /// Size bound for REGEXP patterns compiled at run time.
+    pub regex_size_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            max_memory_rows: 1_000_000,
+            regex_size_limit: 1 << 20,
+        }
+    }
+}
+
+/// The rows a query returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultSet {
+    /// Output column names.
+    pub columns: Vec<String>,
+    /// Rows, each as long as `columns`.
+    pub rows: Vec<Vec<Value>>,
+    /// More rows existed than `Limits::max_rows`.
+    pub truncated: bool,
+}
+
+/// Parses and validates SQL without keeping the plan.
+pub fn validate(sql: &str) -> Result<(), SqlError> {
+    bind::compile(sql).map(|_| ())
+}
+
+impl Query {
+    /// Parses, validates and plans one SELECT.
+    pub fn compile(sql: &str) -> Result<Query, SqlError> {
+        Ok(Query { plan: Arc::new(bind::compile(sql)?), sql: Arc::from(sql) })
+    }
+
+    /// The SQL text it was compiled from.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Output column names (aliases honoured; `p.name` is `name`;
+    /// expressions are named by their text).
+    pub fn columns(&self) -> &[String] {
+        &self.plan.root.columns
+    }
+
+    /// Whether the top-level FROM is `process_events`: a streaming rule,
+    /// evaluated on every event with [`Query::evaluate_event`].
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.plan.root.sources.first().map(|s| s.kind), Some(SourceKind::Table(Table::ProcessEvents)))
+    }
+
+    /// Number of positional parameters (`?`, `?N`).
+    pub fn param_count(&self) -> usize {
+        self.plan.positional
+    }
+
+    /// Named parameters, without their `:`/`@`/`$` prefix.
+    pub fn param_names(&self) -> Vec<String> {
+        self.plan.named.clone()
+    }
+
+    /// Runs the query over `tables`.
+    pub fn execute(&self, tables: &dyn TableProvider, params: &Params, limits: &Limits) -> Result<ResultSet, SqlError> {
+        self.run(None, tables, params, limits)
+    }
+
+    /// Streaming evaluation: `process_events` is bound to exactly this one
+    /// row (catalog order); other tables come from `tables`.
+    pub fn evaluate_event(
+        &self,
+        event_row: &[Value],
+        tables: &dyn TableProvider,
+        params: &Params,
+        limits: &Limits,
+    ) -> Result<ResultSet, SqlError> {
+        let expected = Table::ProcessEvents.columns().len();
+        if event_row.len() != expected {
+            return Err(SqlError::BadEventRow { expected, got: event_row.len() });
+        }
+        self.run(Some(event_row), tables, params, limits)
+    }
+
+    fn run(
+        &self,
+        event: Option<&[Value]>,
+        tables: &dyn TableProvider,
+        params: &Params,
+        limits: &Limits,
+    ) -> Result<ResultSet, SqlError> {
+        let (positional, named) = self.bind_params(params)?;
+        let ctx = Ctx::new(&self.plan, tables, event, &positional, &named, limits);
+        let (rows, truncated) = ctx.run_root()?;
+        Ok(ResultSet { columns: self.plan.root.columns.clone(), rows, truncated })
+    }
+
+    fn bind_params(&self, params: &Params) -> Result<(Vec<Value>, Vec<Value>), SqlError> {
+        let mut positional = Vec::with_capacity(self.plan.positional);
+        for i in 0..self.plan.positional {
+            match params.positional.get(i) {
+                Some(v) => positional.push(v.clone()),
+                None => {
+                    return Err(SqlError::MissingParam { name: format!("?{}", i + 1), hint: (i + 1).to_string() });
+                }
+            }
+        }
+        let mut named = Vec::with_capacity(self.plan.named.len());
+        for n in &self.plan.named {
+            let v = params
+                .named
+                .get(n)
+                .or_else(|| [':', '@', '$'].iter().find_map(|p| params.named.get(&format!("{p}{n}"))));
+            match v {
+                Some(v) => named.push(v.clone()),
+                None => {
+                    return Err(SqlError::MissingParam { name: format!(":{n}"), hint: n.clone() });
+                }
+            }
+        }
+        Ok((positional, named))
+    }
+}

@@ -1,0 +1,6 @@
+//! Engine tests: unit tests of whole queries over an in-memory provider,
+//! the hostile corpus, and the differential test against SQLite.
+
+mod differential;
+mod engine;
+mod hostile;
