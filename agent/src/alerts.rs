@@ -1,19 +1,21 @@
 //! Turning rule matches into alerts: dedupe, store, deliver.
 //!
-//! An alert is written to the store before it is delivered. Repeats with the
-//! same dedupe key inside the window only raise the stored alert's
-//! occurrence count (and are not delivered again).
+//! An alert is written to the store, with one outbox entry per sink, before
+//! it is handed to the sinks ([`crate::sinks`]). Repeats with the same dedupe
+//! key inside the window only raise the stored alert's occurrence count (and
+//! are not delivered again).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use daemoneye_lib::alerting;
 use daemoneye_lib::detection::{Rule, Value};
-use daemoneye_lib::models::{alert_json, time::now_ms};
+use daemoneye_lib::models::time::now_ms;
 use daemoneye_lib::proto::{Alert, ProcessEvent};
 use serde_json::{Map, Value as Json};
 
+use crate::sinks::Delivery;
 use crate::store::{Store, StoreError};
 
 /// One row a rule matched, with what it came from.
@@ -39,7 +41,7 @@ struct Seen {
 pub struct AlertManager {
     store: Arc<Store>,
     window: Duration,
-    stdout: bool,
+    delivery: Arc<Delivery>,
     recent: HashMap<String, Seen>,
 }
 
@@ -52,7 +54,7 @@ impl std::fmt::Debug for AlertManager {
 impl AlertManager {
     /// Builds the manager and reloads the dedupe state of the stored alerts
     /// still inside the window, so a restart does not re-alert.
-    pub fn new(store: Arc<Store>, window: Duration, stdout: bool) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<Store>, window: Duration, delivery: Arc<Delivery>) -> Result<Self, StoreError> {
         let horizon = now_ms() - window_ms(window);
         let recent = store
             .alerts()?
@@ -60,10 +62,10 @@ impl AlertManager {
             .filter(|a| a.last_seen_ms >= horizon)
             .map(|a| (a.dedupe_key.clone(), Seen { alert: a }))
             .collect();
-        Ok(Self { store, window, stdout, recent })
+        Ok(Self { store, window, delivery, recent })
     }
 
-    /// Records a match. Returns the alert when it is new (and was delivered),
+    /// Records a match. Returns the alert when it is new (stored and queued for every sink),
     /// `None` when it was a repeat inside the dedupe window.
     pub fn raise(&mut self, m: &Match<'_>) -> Result<Option<Alert>, StoreError> {
         let now = now_ms();
@@ -78,11 +80,8 @@ impl AlertManager {
             self.store.put_alert(&seen.alert)?;
             return Ok(None);
         }
-        let pid = int_col(&row, "pid")
-            .and_then(|p| u32::try_from(p).ok())
-            .or_else(|| m.event.and_then(|e| e.process.as_ref()).map(|r| r.pid));
-        let process_key = str_col(&row, "process_key")
-            .or_else(|| m.event.and_then(|e| e.process.as_ref()).map(|r| r.process_key.clone()));
+        let pid = alerting::match_pid(&row, m.event);
+        let process_key = alerting::match_process_key(&row, m.event);
         let alert = Alert {
             id: uuid::Uuid::now_v7().to_string(),
             alert_time_ms: now,
@@ -99,8 +98,8 @@ impl AlertManager {
             occurrences: 1,
             last_seen_ms: now,
         };
-        self.store.put_alert(&alert)?;
-        self.deliver(&alert);
+        self.store.put_alert_for_delivery(&alert, self.delivery.sink_names())?;
+        self.delivery.enqueue(&alert);
         self.recent.insert(dedupe_key, Seen { alert: alert.clone() });
         Ok(Some(alert))
     }
@@ -110,62 +109,23 @@ impl AlertManager {
         let horizon = now_ms() - window_ms(self.window);
         self.recent.retain(|_, s| s.alert.last_seen_ms >= horizon);
     }
-
-    fn deliver(&self, alert: &Alert) {
-        if self.stdout {
-            let line = alert_json(alert).to_string();
-            let mut out = std::io::stdout().lock();
-            // stdout is the alert sink: a closed pipe must not stop detection.
-            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                tracing::warn!(error = %e, alert_id = %alert.id, "could not write alert to stdout");
-            }
-        }
-    }
 }
 
 fn window_ms(w: Duration) -> i64 {
     i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The rule's dedupe columns when it names them; otherwise the process key
-/// (one alert per rule and process); otherwise the whole row.
+/// The dedupe key: `daemoneye_lib::alerting`'s rule, shared with offline
+/// replay so that live and replay cannot drift.
 fn dedupe_key(m: &Match<'_>, row: &Map<String, Json>) -> String {
-    let mut key = m.rule.id.clone();
-    if let Some(cols) = m.rule.dedupe.as_ref().map(|d| &d.key).filter(|k| !k.is_empty()) {
-        for c in cols {
-            key.push('|');
-            key.push_str(&row.get(c).map(Json::to_string).unwrap_or_default());
-        }
-        return key;
-    }
-    let process_key =
-        str_col(row, "process_key").or_else(|| m.event.and_then(|e| e.process.as_ref()).map(|r| r.process_key.clone()));
-    key.push('|');
-    match process_key {
-        Some(pk) if !pk.is_empty() => key.push_str(&pk),
-        _ => key.push_str(&Json::Object(row.clone()).to_string()),
-    }
-    key
+    alerting::dedupe_key(m.rule, row, m.event)
 }
 
 fn row_object(columns: &[String], row: &[Value]) -> Map<String, Json> {
-    columns.iter().zip(row).map(|(c, v)| (c.clone(), value_json(v))).collect()
+    alerting::row_object(columns, row)
 }
 
 /// A SQL value as JSON.
 pub fn value_json(v: &Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Integer(i) => Json::from(*i),
-        Value::Real(r) => serde_json::Number::from_f64(*r).map_or(Json::Null, Json::Number),
-        Value::Text(s) => Json::from(s.as_str()),
-    }
-}
-
-fn int_col(row: &Map<String, Json>, name: &str) -> Option<i64> {
-    row.get(name).and_then(Json::as_i64)
-}
-
-fn str_col(row: &Map<String, Json>, name: &str) -> Option<String> {
-    row.get(name).and_then(Json::as_str).map(str::to_owned)
+    alerting::value_json(v)
 }

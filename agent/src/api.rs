@@ -10,6 +10,7 @@ use daemoneye_lib::proto::{
     ComponentHealth, HealthRequest, HealthResponse, HealthStatus, ListAlertsRequest, ListAlertsResponse, QueryRequest,
     QueryResponse, SqlRow, SqlValue, sql_value,
 };
+use daemoneye_lib::proto::{DetectionResult, RunTaskRequest, WatchProcessTreeRequest};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +24,17 @@ use crate::table::QueryTables;
 pub struct Api {
     shared: Arc<Shared>,
     started_ms: i64,
+    bus: Option<crate::bus::BusServices>,
 }
 
 /// Serves the API on `socket` until `cancel`.
-pub async fn serve(shared: Arc<Shared>, socket: &Path, cancel: CancellationToken) -> anyhow::Result<()> {
+/// `bus`: statistics and detection tasks (`None`: those calls answer "unavailable").
+pub async fn serve(
+    shared: Arc<Shared>,
+    bus: Option<crate::bus::BusServices>,
+    socket: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     if socket.exists() {
         std::fs::remove_file(socket).with_context(|| format!("removing stale agent socket {}", socket.display()))?;
@@ -34,7 +42,7 @@ pub async fn serve(shared: Arc<Shared>, socket: &Path, cancel: CancellationToken
     let listener =
         UnixListener::bind(socket).with_context(|| format!("binding the agent API socket {}", socket.display()))?;
     set_mode(socket, 0o660)?;
-    let api = Api { shared, started_ms: daemoneye_lib::models::time::now_ms() };
+    let api = Api { shared, started_ms: daemoneye_lib::models::time::now_ms(), bus };
     tracing::info!(socket = %socket.display(), "agent API listening");
     tonic::transport::Server::builder()
         .add_service(AgentApiServer::new(api))
@@ -73,6 +81,33 @@ fn from_sql(v: &SqlValue) -> Value {
 
 #[tonic::async_trait]
 impl AgentApi for Api {
+    type WatchProcessTreeStream = crate::api_tasks::WatchStream;
+
+    async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<DetectionResult>, Status> {
+        crate::api_tasks::run_task(self.bus.as_ref().map(|b| &b.tasks), request.into_inner()).await
+    }
+
+    async fn watch_process_tree(
+        &self,
+        request: Request<WatchProcessTreeRequest>,
+    ) -> Result<Response<Self::WatchProcessTreeStream>, Status> {
+        crate::api_tasks::watch(self.bus.as_ref().map(|b| &b.tasks), request.into_inner()).await
+    }
+
+    async fn list_rules(
+        &self,
+        _request: Request<daemoneye_lib::proto::ListRulesRequest>,
+    ) -> Result<Response<daemoneye_lib::proto::ListRulesResponse>, Status> {
+        Ok(Response::new(crate::api_rules::list_rules(&self.shared)))
+    }
+
+    async fn reload_rules(
+        &self,
+        _request: Request<daemoneye_lib::proto::ReloadRulesRequest>,
+    ) -> Result<Response<daemoneye_lib::proto::ListRulesResponse>, Status> {
+        crate::api_rules::reload_rules(Arc::clone(&self.shared)).await.map(Response::new)
+    }
+
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
         let req = request.into_inner();
         let query = Query::compile(&req.sql).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -189,6 +224,7 @@ impl AgentApi for Api {
             events_per_second: collector.as_ref().map_or(0.0, |c| c.events_per_second),
             version: env!("CARGO_PKG_VERSION").into(),
             agent_started_ms: self.started_ms,
+            bus: self.bus.as_ref().map(|b| crate::bus::bus_health(&b.broker.stats())),
         }))
     }
 }

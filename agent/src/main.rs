@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context as _;
 use clap::Parser;
-use daemoneye_eventbus::{Broker, BrokerConfig};
+use daemoneye_eventbus::Broker;
 use daemoneye_lib::config::{Backend, Config, LoadOptions};
-use daemoneye_lib::detection::{Limits, load_rules_dir};
+use daemoneye_lib::detection::Limits;
 use daemoneye_lib::proto::{
     BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
 };
@@ -23,11 +23,15 @@ use tokio_util::task::TaskTracker;
 
 use daemoneye_agent::alerts::AlertManager;
 use daemoneye_agent::api;
+use daemoneye_agent::bus::BusServices;
 use daemoneye_agent::health::Health;
 use daemoneye_agent::pipeline::{self, Incoming, Shared};
+use daemoneye_agent::rules_watch::{self, RulesSource};
+use daemoneye_agent::sinks::Delivery;
 use daemoneye_agent::store::Store;
 use daemoneye_agent::supervisor::{ProcmondCommand, supervise};
 use daemoneye_agent::table::ProcessTable;
+use daemoneye_agent::tasks::TaskClient;
 
 /// DaemonEye detection agent.
 ///
@@ -113,20 +117,25 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         "store opened"
     );
 
-    let rules = load_rules_dir(&config.rules.dir);
-    for err in &rules.errors {
-        tracing::error!("{err}");
-    }
+    let rules = rules_watch::load_and_report(&config.rules.dir);
     tracing::info!(dir = %config.rules.dir.display(), loaded = rules.rules.len(), failed = rules.errors.len(), "rules loaded");
     health.rules_loaded.store(u32::try_from(rules.rules.len()).unwrap_or(u32::MAX), Relaxed);
     health.rules_failed.store(u32::try_from(rules.errors.len()).unwrap_or(u32::MAX), Relaxed);
 
-    let alerts = AlertManager::new(Arc::clone(&store), config.alerts.dedupe_window, config.alerts.stdout)?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    // The alert sinks; each worker first re-queues its outbox (alerts stored
+    // but not delivered before a crash).
+    let delivery = Delivery::start(&config.alerts, Arc::clone(&store), &cancel, &tasks)
+        .map_err(anyhow::Error::msg)
+        .context("starting the alert sinks (check [alerts] in the configuration)")?;
+    let alerts = AlertManager::new(Arc::clone(&store), config.alerts.dedupe_window, Arc::new(delivery))?;
     let limits = Limits { timeout: config.rules.query_timeout, max_rows: config.rules.max_rows, ..Limits::default() };
     let shared = Arc::new(Shared {
         store,
         table: RwLock::new(table),
         rules: RwLock::new(Arc::new(rules)),
+        rules_source: RulesSource::new(config.rules.dir.clone()),
         alerts: Mutex::new(alerts),
         health: Arc::clone(&health),
         limits,
@@ -136,15 +145,8 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         batch_size: config.agent.batch_size.max(1),
     });
 
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-
     // The bus, and the agent's own subscriptions on it.
-    let bus_config = BrokerConfig {
-        max_frame_size: usize::try_from(config.bus.max_frame_size.as_u64()).unwrap_or(usize::MAX),
-        default_queue_capacity: config.bus.queue_capacity,
-        ..BrokerConfig::default()
-    };
+    let bus_config = daemoneye_agent::bus::broker_config(&config.bus).context("configuring the event bus")?;
     let broker = Broker::bind(&config.bus_socket(), bus_config, cancel.clone())
         .await
         .with_context(|| format!("starting the event bus on {}", config.bus_socket().display()))?;
@@ -160,6 +162,22 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         .subscribe(TOPIC_COLLECTOR_STATUS, BackpressurePolicy::Drop, 16)
         .await
         .context("subscribing to collector status")?;
+
+    let task_client = TaskClient::start(
+        broker.local_client("daemoneye-agent-tasks"),
+        std::time::Duration::from_secs(10),
+        cancel.clone(),
+        &tasks,
+    )
+    .await
+    .context("subscribing to detection results")?;
+    tasks.spawn(daemoneye_agent::bus::publish_health(
+        broker.clone(),
+        local.clone(),
+        config.bus.health_interval,
+        cancel.clone(),
+    ));
+    let bus_services = BusServices { broker: broker.clone(), tasks: task_client };
 
     let (tx, rx) = mpsc::channel::<Incoming>(config.bus.queue_capacity.max(1));
     {
@@ -233,6 +251,9 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         });
     }
 
+    // Rule hot reload.
+    tasks.spawn(rules_watch::watch(Arc::clone(&shared), cancel.clone()));
+
     // procmond.
     let cmd = procmond_command(&config, &args)?;
     tasks.spawn(supervise(cmd, Arc::clone(&health), cancel.clone()));
@@ -242,8 +263,10 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         let shared = Arc::clone(&shared);
         let socket = config.agent_socket();
         let cancel = cancel.clone();
-        tasks.spawn(async move { api::serve(shared, &socket, cancel).await })
+        tasks.spawn(async move { api::serve(shared, Some(bus_services), &socket, cancel).await })
     };
+    // systemd: READY=1 once the API answers, then the watchdog.
+    tasks.spawn(daemoneye_agent::sdnotify::run(config.agent_socket(), cancel.clone()));
     tasks.close();
 
     tracing::info!(data_dir = %data_dir.display(), "daemoneye-agent running");

@@ -47,6 +47,8 @@ pub struct Shared {
     pub table: RwLock<ProcessTable>,
     /// The loaded rules (replaced whole on reload).
     pub rules: RwLock<Arc<RuleSet>>,
+    /// The rules directory and when it was last loaded (`rules_watch`).
+    pub rules_source: crate::rules_watch::RulesSource,
     /// Alert dedupe and delivery.
     pub alerts: Mutex<AlertManager>,
     /// Health counters.

@@ -6,6 +6,8 @@
 //! - `process_events`: seq -> `ProcessEvent` (the recent-events window).
 //! - `alerts`: alert id -> `Alert`; `alert_order`: (alert_time_ms, id) -> ().
 //! - `meta`: `last_applied_seq`, `schema_version`.
+//! - `alert_outbox`: (sink name, alert id) -> (), written with the alert and
+//!   removed once that sink has it (see `sinks`).
 //!
 //! *Architecture invariant:* `last_applied_seq` is written in the same
 //! transaction as the rows it covers, so after a crash the table and the
@@ -25,6 +27,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("process_events
 const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 const ALERT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("alert_order");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (sink name, alert id) -> (): alerts not yet delivered to that sink.
+const OUTBOX: TableDefinition<(&str, &str), ()> = TableDefinition::new("alert_outbox");
 
 const SCHEMA_VERSION: u64 = 1;
 
@@ -109,6 +113,7 @@ impl Store {
             txn.open_table(EVENTS).ctx(path, "creating tables")?;
             txn.open_table(ALERTS).ctx(path, "creating tables")?;
             txn.open_table(ALERT_ORDER).ctx(path, "creating tables")?;
+            txn.open_table(OUTBOX).ctx(path, "creating tables")?;
             let mut meta = txn.open_table(META).ctx(path, "creating tables")?;
             let found = meta.get("schema_version").ctx(path, "reading meta")?.map(|v| v.value());
             match found {
@@ -194,7 +199,14 @@ impl Store {
                     }
                     batch_rows.insert(key, state.clone());
                 }
-                evs.insert(ev.seq, ev.encode_to_vec().as_slice()).ctx(p, "writing process_events")?;
+                // Kept with the process as it stood after this event, so a
+                // query shows each event's own state (an earlier exec's argv,
+                // not the latest one).
+                let kept = match after.as_ref().and_then(|s| s.record.clone()) {
+                    Some(record) => ProcessEvent { process: Some(record), ..ev.clone() },
+                    None => ev.clone(),
+                };
+                evs.insert(ev.seq, kept.encode_to_vec().as_slice()).ctx(p, "writing process_events")?;
                 last = last.max(ev.seq);
                 out.states.push(after);
             }
@@ -276,6 +288,64 @@ impl Store {
             order.insert((alert.alert_time_ms, alert.id.as_str()), ()).ctx(p, "writing an alert")?;
         }
         txn.commit().ctx(p, "committing an alert")?;
+        Ok(())
+    }
+
+    /// Inserts an alert and, in the same transaction, one outbox entry per
+    /// sink: after a crash every sink still finds it.
+    pub fn put_alert_for_delivery(&self, alert: &Alert, sinks: &[String]) -> Result<(), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        {
+            let mut alerts = txn.open_table(ALERTS).ctx(p, "opening alerts")?;
+            let mut order = txn.open_table(ALERT_ORDER).ctx(p, "opening alerts")?;
+            let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
+            alerts.insert(alert.id.as_str(), alert.encode_to_vec().as_slice()).ctx(p, "writing an alert")?;
+            order.insert((alert.alert_time_ms, alert.id.as_str()), ()).ctx(p, "writing an alert")?;
+            for sink in sinks {
+                outbox.insert((sink.as_str(), alert.id.as_str()), ()).ctx(p, "writing alert_outbox")?;
+            }
+        }
+        txn.commit().ctx(p, "committing an alert")?;
+        Ok(())
+    }
+
+    /// The alerts still to deliver to `sink`, oldest id (UUIDv7: oldest
+    /// alert) first, as they stand now (occurrence counts included).
+    pub fn outbox(&self, sink: &str) -> Result<Vec<Alert>, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let outbox = txn.open_table(OUTBOX).ctx(&self.path, "opening alert_outbox")?;
+        let alerts = txn.open_table(ALERTS).ctx(&self.path, "opening alerts")?;
+        let mut out = Vec::new();
+        for item in outbox.range((sink, "")..).ctx(&self.path, "reading alert_outbox")? {
+            let (k, _) = item.ctx(&self.path, "reading alert_outbox")?;
+            let (s, id) = k.value();
+            if s != sink {
+                break;
+            }
+            if let Some(v) = alerts.get(id).ctx(&self.path, "reading alerts")? {
+                out.push(self.decode("alerts", id, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `alert_id` still waits for `sink`.
+    pub fn outbox_contains(&self, sink: &str, alert_id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let outbox = txn.open_table(OUTBOX).ctx(&self.path, "opening alert_outbox")?;
+        Ok(outbox.get((sink, alert_id)).ctx(&self.path, "reading alert_outbox")?.is_some())
+    }
+
+    /// Marks `alert_id` delivered to `sink`.
+    pub fn outbox_remove(&self, sink: &str, alert_id: &str) -> Result<(), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        {
+            let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
+            outbox.remove((sink, alert_id)).ctx(p, "removing from alert_outbox")?;
+        }
+        txn.commit().ctx(p, "committing a delivery")?;
         Ok(())
     }
 
@@ -364,6 +434,27 @@ mod tests {
         assert_eq!(removed, vec!["a".to_string()]);
         assert_eq!(store.load_processes().unwrap().len(), 1);
         assert_eq!(store.events(0).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn outbox_entries_are_per_sink_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let sinks = vec!["a".to_string(), "b".to_string()];
+        {
+            let store = Store::open(&path).unwrap();
+            for id in ["01", "02"] {
+                store.put_alert_for_delivery(&Alert { id: id.into(), ..Default::default() }, &sinks).unwrap();
+            }
+            store.outbox_remove("a", "01").unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let ids = |s: &str| store.outbox(s).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(ids("a"), vec!["02"]);
+        assert_eq!(ids("b"), vec!["01", "02"]);
+        assert!(ids("c").is_empty());
+        assert!(store.outbox_contains("b", "01").unwrap());
+        assert!(!store.outbox_contains("a", "01").unwrap());
     }
 
     #[test]

@@ -169,15 +169,9 @@ impl<'a> QueryTables<'a> {
         self.events.get_or_init(|| {
             let Some(store) = self.store else { return Vec::new() };
             match store.events(0) {
-                // An event row shows the process as it stands now, with the
-                // event's own type, time and seq.
-                Ok(evs) => evs
-                    .iter()
-                    .map(|ev| {
-                        let key = ev.process.as_ref().map_or("", |r| r.process_key.as_str());
-                        event_row(ev, self.processes.get(key))
-                    })
-                    .collect(),
+                // The store keeps each event with the process as it stood
+                // after it (as a streaming rule saw it), not as it is now.
+                Ok(evs) => evs.iter().map(|ev| event_row(ev, None)).collect(),
                 Err(e) => {
                     self.record(e);
                     Vec::new()

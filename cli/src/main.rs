@@ -4,7 +4,11 @@
 #![allow(clippy::print_stderr, reason = "the CLI reports errors to the operator on stderr")]
 
 mod client;
+mod ledger;
 mod output;
+mod processes;
+mod rules;
+mod service;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -72,6 +76,19 @@ enum Command {
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Processes: the table, or procmond's live view (list, verify, check-hash, watch).
+    #[command(subcommand)]
+    Processes(processes::ProcessesCommand),
+    /// Detection rules: list the agent's, validate files offline, reload.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// The audit ledger, offline (no agent): verify, tail, state --at, replay.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// The agent as a system service: install, uninstall, status (systemd;
+    /// --init launchd|windows for the other platforms).
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -183,6 +200,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health => health(&cli, &mut stdout).await,
+        Command::Processes(cmd) => processes::run(cmd, &socket_path(&cli)?, cli.format, &mut stdout).await,
+        Command::Rules(cmd) => rules::run(cmd, || socket_path(&cli), cli.format, &mut stdout).await,
         Command::Config(ConfigCommand::Show) => {
             let c = load_config(&cli)?;
             write!(stdout, "{}", c.to_toml())?;
@@ -193,6 +212,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(stdout, "configuration is valid")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ledger(cmd) => {
+            let config = || load_config(&cli);
+            ledger::run(cmd, &ledger::Ctx { format: cli.format, config: &config }, &mut stdout)
+        }
+        Command::Service(cmd) => service::run(cmd, cli.format, &mut stdout),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "daemoneye-cli", &mut stdout);
             Ok(ExitCode::SUCCESS)
@@ -254,6 +278,7 @@ async fn health(cli: &Cli, stdout: &mut dyn Write) -> anyhow::Result<ExitCode> {
         "alerts_raised": resp.alerts_total,
         "uptime_s": (now_ms() - resp.agent_started_ms) / 1000,
         "components": components,
+        "bus": resp.bus.as_ref().map(bus_json),
     });
     match cli.format {
         Format::Json => {
@@ -264,7 +289,7 @@ async fn health(cli: &Cli, stdout: &mut dyn Write) -> anyhow::Result<ExitCode> {
             let mut grid = Grid { columns: vec!["item".into(), "value".into()], rows: Vec::new() };
             if let Some(obj) = doc.as_object() {
                 for (k, v) in obj {
-                    if k != "components" {
+                    if k != "components" && k != "bus" {
                         grid.rows.push(vec![Json::from(k.as_str()), v.clone()]);
                     }
                 }
@@ -274,6 +299,9 @@ async fn health(cli: &Cli, stdout: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 grid.rows.push(vec![c["name"].clone(), Json::from(detail)]);
             }
             grid.write(f, stdout).context("writing health")?;
+            if let Some(bus) = &resp.bus {
+                write_bus_tables(bus, f, stdout)?;
+            }
         }
     }
     Ok(ExitCode::from(match status {
@@ -281,6 +309,54 @@ async fn health(cli: &Cli, stdout: &mut dyn Write) -> anyhow::Result<ExitCode> {
         HealthStatus::Degraded => 1,
         HealthStatus::Unhealthy | HealthStatus::Unspecified => 2,
     }))
+}
+
+/// The `bus` section of `health`: counters, then per topic and per subscriber.
+fn bus_json(b: &daemoneye_lib::proto::BusHealth) -> Json {
+    serde_json::json!({
+        "connections": b.connections,
+        "connections_total": b.connections_total,
+        "connections_rejected": b.connections_rejected,
+        "frames_rejected": b.frames_rejected,
+        "access_denied": b.access_denied,
+        "topics": b.topics.iter().map(|t| serde_json::json!({
+            "topic": t.topic, "published": t.published, "delivered": t.delivered, "dropped": t.dropped,
+        })).collect::<Vec<_>>(),
+        "subscribers": b.subscribers.iter().map(|s| serde_json::json!({
+            "connection_id": s.connection_id, "client": s.client_name, "uid": s.peer_uid, "pid": s.peer_pid,
+            "subscription_id": s.subscription_id, "pattern": s.pattern, "policy": s.policy,
+            "capacity": s.capacity, "queue_depth": s.queue_depth, "delivered": s.delivered, "dropped": s.dropped,
+            "latency_p50_us": s.latency_p50_us, "latency_p99_us": s.latency_p99_us, "latency_max_us": s.latency_max_us,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn write_bus_tables(b: &daemoneye_lib::proto::BusHealth, f: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    let doc = bus_json(b);
+    for (key, cols) in [
+        ("topics", &["topic", "published", "delivered", "dropped"][..]),
+        (
+            "subscribers",
+            &[
+                "client",
+                "pid",
+                "pattern",
+                "policy",
+                "queue_depth",
+                "delivered",
+                "dropped",
+                "latency_p50_us",
+                "latency_p99_us",
+            ][..],
+        ),
+    ] {
+        let rows =
+            doc[key].as_array().map(|a| a.iter().map(|r| cols.iter().map(|c| r[*c].clone()).collect()).collect());
+        let grid = Grid { columns: cols.iter().map(|c| (*c).to_owned()).collect(), rows: rows.unwrap_or_default() };
+        writeln!(out, "bus {key}:")?;
+        grid.write(f, out).context("writing bus statistics")?;
+    }
+    Ok(())
 }
 
 /// `name=value` binds `:name`; a bare value binds the next `?`.

@@ -12,6 +12,8 @@
 //! - [`sampler`]: periodic CPU/memory `update` events ([`ResourceSampler`]).
 //! - [`runtime`]: drives the sources: ledger append (group commit), then
 //!   publish on the bus; hashing on worker threads.
+//! - [`monitor`]: process-tree monitors ([`TreeMonitor`]): which events
+//!   belong to a followed subtree and the correlation they carry.
 //! - [`hash`]: SHA-256 of executables with a bounded, inode-keyed cache and
 //!   no TOCTOU ([`Hasher`]).
 //!
@@ -20,6 +22,7 @@
 //! [`EventSource`] and [`ProcessEnumerator`].
 
 pub mod hash;
+pub mod monitor;
 pub mod poll;
 pub mod runtime;
 pub mod sampler;
@@ -27,6 +30,7 @@ pub mod source;
 pub mod sysinfo_enum;
 
 pub use hash::{HashError, HashOutcome, HashStats, Hasher};
+pub use monitor::TreeMonitor;
 pub use poll::{PollSource, ProcessEnumerator};
 pub use sampler::{ResourceSampler, Thresholds};
 pub use source::{EventSink, EventSource, SourceError, SourceFuture};

@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     pub channel_capacity: usize,
     /// Hashing threads.
     pub hash_workers: usize,
+    /// Process-tree monitors: events of a followed subtree are published
+    /// with the monitor's correlation (see [`crate::monitor`]).
+    pub monitor: Arc<crate::monitor::TreeMonitor>,
 }
 
 /// Counters the runtime keeps (also sent as `CollectorStatus`).
@@ -348,7 +351,9 @@ async fn publish_loop(
             tokio::select! {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
-                    let corr = Correlation { correlation_id: format!("procmond:{}", ev.seq), ..Default::default() };
+                    let id = format!("procmond:{}", ev.seq);
+                    let corr = config.monitor.tag(&ev, &id)
+                        .unwrap_or_else(|| Correlation { correlation_id: id, ..Default::default() });
                     let payload = Bytes::from(ev.encode_to_vec());
                     match client.publish(TOPIC_PROCESS_LIFECYCLE, payload, CONTENT_TYPE_PROCESS_EVENT, corr).await {
                         Ok(()) => { stats.published.fetch_add(1, Relaxed); }

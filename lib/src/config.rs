@@ -13,6 +13,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod sinks;
+pub use sinks::{SinkConfig, SinkType, validate_sinks};
+
 /// The built-in defaults, with comments: also what `service install` writes.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
@@ -70,7 +73,8 @@ pub struct GeneralConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
-    /// The best that works: ebpf, then proc-connector, then poll.
+    /// The best that works: the platform's kernel source first (Linux: ebpf,
+    /// then proc-connector; Windows: etw; macOS: endpoint-security), then poll.
     Auto,
     /// eBPF tracepoints (Linux).
     Ebpf,
@@ -78,6 +82,10 @@ pub enum Backend {
     ProcConnector,
     /// Periodic diffing of the process list (every OS; lossy).
     Poll,
+    /// ETW `Microsoft-Windows-Kernel-Process` (Windows).
+    Etw,
+    /// EndpointSecurity (macOS).
+    EndpointSecurity,
 }
 
 impl Backend {
@@ -88,6 +96,8 @@ impl Backend {
             Backend::Ebpf => "ebpf",
             Backend::ProcConnector => "proc-connector",
             Backend::Poll => "poll",
+            Backend::Etw => "etw",
+            Backend::EndpointSecurity => "endpoint-security",
         }
     }
 }
@@ -100,7 +110,11 @@ impl std::str::FromStr for Backend {
             "ebpf" => Ok(Self::Ebpf),
             "proc-connector" | "proc_connector" => Ok(Self::ProcConnector),
             "poll" => Ok(Self::Poll),
-            other => Err(format!("unknown backend {other:?}: expected auto, ebpf, proc-connector or poll")),
+            "etw" => Ok(Self::Etw),
+            "endpoint-security" | "endpoint_security" => Ok(Self::EndpointSecurity),
+            other => Err(format!(
+                "unknown backend {other:?}: expected auto, ebpf, proc-connector, etw, endpoint-security or poll"
+            )),
         }
     }
 }
@@ -113,7 +127,7 @@ pub struct ProcmondConfig {
     pub backend: Backend,
     /// procmond binary; empty means next to the agent.
     pub binary: PathBuf,
-    /// eBPF ring buffer size.
+    /// eBPF ring buffer size; also the proc connector socket receive buffer.
     pub ringbuf_size: ByteSize,
     /// Poll backend interval.
     #[serde(with = "humantime_serde")]
@@ -177,8 +191,11 @@ pub struct AlertsConfig {
     /// Dedupe window.
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
-    /// JSON lines on stdout.
+    /// JSON lines on stdout (the sink named `stdout`).
     pub stdout: bool,
+    /// `[[alerts.sinks]]`: file, syslog, webhook (and more stdout) sinks.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// `[bus]`
@@ -189,6 +206,36 @@ pub struct BusConfig {
     pub max_frame_size: ByteSize,
     /// Per-subscription queue capacity.
     pub queue_capacity: usize,
+    /// Group (name or numeric gid) of the bus socket; empty: the agent's group.
+    #[serde(default)]
+    pub socket_group: String,
+    /// Interval of the agent's `control.health.bus` statistics message.
+    #[serde(with = "humantime_serde", default = "default_bus_health_interval")]
+    pub health_interval: Duration,
+    /// Access rules in order (first match wins); empty: the built-in policy.
+    #[serde(default)]
+    pub acl: Vec<BusAclRule>,
+}
+
+fn default_bus_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One `[[bus.acl]]` rule. Principals: `any`, `root`, `broker` (the agent's
+/// user), `uid:N`, `gid:N`, `user:NAME`, `group:NAME`, `exe:PATH-or-NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BusAclRule {
+    /// Topic pattern (`+` and `#` allowed).
+    pub pattern: String,
+    /// `public`, `restricted` or `privileged`.
+    pub level: String,
+    /// Who may publish to matching topics.
+    #[serde(default)]
+    pub publishers: Vec<String>,
+    /// Who may subscribe to matching topics.
+    #[serde(default)]
+    pub subscribers: Vec<String>,
 }
 
 /// `[ledger]`
@@ -236,7 +283,9 @@ impl LoadOptions {
 impl Config {
     /// Loads the layered configuration.
     pub fn load(opts: &LoadOptions) -> Result<Self, ConfigError> {
-        Self::figment(opts)?.extract().map_err(|e| ConfigError::Invalid(render_errors(e)))
+        let config: Self = Self::figment(opts)?.extract().map_err(|e| ConfigError::Invalid(render_errors(e)))?;
+        validate_sinks(&config.alerts.sinks, config.alerts.stdout).map_err(ConfigError::Invalid)?;
+        Ok(config)
     }
 
     /// The layered figment (for `config show` with sources).
@@ -320,12 +369,30 @@ fn render_toml(v: &serde_json::Value) -> Result<String, String> {
         out.push_str(&format!("[{section}]\n"));
         if let Some(fields) = body.as_object() {
             for (k, val) in fields {
-                out.push_str(&format!("{k} = {val}\n"));
+                out.push_str(&format!("{k} = {}\n", toml_inline(val)));
             }
         }
         out.push('\n');
     }
     Ok(out)
+}
+
+/// A JSON value as a TOML inline value: tables as `{ "k" = v }` (JSON's
+/// strings, numbers and booleans are valid TOML as they are).
+fn toml_inline(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => {
+            format!("[{}]", items.iter().map(toml_inline).collect::<Vec<_>>().join(", "))
+        }
+        serde_json::Value::Object(fields) => {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{} = {}", serde_json::Value::from(k.as_str()), toml_inline(v)))
+                .collect();
+            format!("{{ {} }}", body.join(", "))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `$XDG_CONFIG_HOME/daemoneye/config.toml`, or `~/.config/...`.
@@ -402,6 +469,20 @@ mod tests {
     fn missing_explicit_file_is_an_error() {
         let opts = LoadOptions { config_file: Some("/nonexistent/daemoneye.toml".into()), ..Default::default() };
         assert!(matches!(Config::load(&opts), Err(ConfigError::Missing(_))));
+    }
+
+    #[test]
+    fn rendered_toml_with_sinks_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sinks.toml");
+        std::fs::write(
+            &file,
+            "[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"https://x.example/h\"\nheaders = { Authorization = \"Bearer t\" }\n",
+        )
+        .unwrap();
+        let c = Config::load(&LoadOptions { config_file: Some(file.clone()), ..Default::default() }).unwrap();
+        std::fs::write(&file, c.to_toml()).unwrap();
+        assert_eq!(Config::load(&LoadOptions { config_file: Some(file), ..Default::default() }).unwrap(), c);
     }
 
     #[test]

@@ -11,12 +11,20 @@
 //!   agent and CLI read).
 //! - [`detection`] (feature `detection`): the SQL validator and engine and the
 //!   rule files. procmond is built without it.
+//! - [`alerting`] (feature `detection`): a rule match's alert identity and
+//!   dedupe key, shared by the agent and replay.
+//! - [`replay`] (feature `detection`): offline forensics over a ledger copy:
+//!   the table as of a time, and rules re-run over a range as if live.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 
+#[cfg(feature = "detection")]
+pub mod alerting;
 pub mod config;
 #[cfg(feature = "detection")]
 pub mod detection;
 pub mod ledger;
 pub mod models;
 pub mod proto;
+#[cfg(feature = "detection")]
+pub mod replay;
 pub mod telemetry;

@@ -19,3 +19,11 @@ pub const TOPIC_COLLECTOR_RESULT: &str = "control.collector.result";
 pub const TOPIC_COLLECTOR_STATUS: &str = "control.health.collector";
 /// Content type of a `CollectorStatus` payload.
 pub const CONTENT_TYPE_COLLECTOR_STATUS: &str = "daemoneye.v1.CollectorStatus";
+/// Content type of a `DetectionTask` payload (on [`TOPIC_COLLECTOR_TASK`]).
+pub const CONTENT_TYPE_DETECTION_TASK: &str = "daemoneye.v1.DetectionTask";
+/// Content type of a `DetectionResult` payload (on [`TOPIC_COLLECTOR_RESULT`]).
+pub const CONTENT_TYPE_DETECTION_RESULT: &str = "daemoneye.v1.DetectionResult";
+/// The bus topic of the agent's `BusHealth` statistics.
+pub const TOPIC_BUS_HEALTH: &str = "control.health.bus";
+/// Content type of a `BusHealth` payload.
+pub const CONTENT_TYPE_BUS_HEALTH: &str = "daemoneye.v1.BusHealth";

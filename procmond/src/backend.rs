@@ -27,7 +27,7 @@ impl std::fmt::Debug for Chosen {
 pub(crate) fn choose(config: &Config) -> anyhow::Result<Chosen> {
     let wanted = config.procmond.backend;
     let order: Vec<Backend> = match wanted {
-        Backend::Auto => vec![Backend::Ebpf, Backend::ProcConnector, Backend::Poll],
+        Backend::Auto => crate::platform::auto_order().to_vec(),
         forced => vec![forced],
     };
     let mut notes = Vec::new();
@@ -48,6 +48,10 @@ fn start(b: Backend, config: &Config) -> Result<(Box<dyn EventSource>, &'static 
         Backend::Poll => Ok((crate::platform::poll_source(config)?, "poll")),
         Backend::Ebpf => crate::platform::ebpf_source(config).map(|s| (s, "ebpf")),
         Backend::ProcConnector => crate::platform::proc_connector_source(config).map(|s| (s, "proc_connector")),
+        Backend::Etw => crate::platform::etw_source(config).map(|s| (s, "etw")),
+        Backend::EndpointSecurity => {
+            crate::platform::endpoint_security_source(config).map(|s| (s, "endpoint_security"))
+        }
         Backend::Auto => Err("auto is not a backend".into()),
     }
 }

@@ -9,6 +9,7 @@
 
 mod backend;
 mod platform;
+mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,11 +106,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         commit_batch: config.ledger.commit_batch,
         channel_capacity: 65_536,
         hash_workers: config.procmond.hash_workers,
+        monitor: Arc::new(collector_core::TreeMonitor::default()),
     };
     let cancel = CancellationToken::new();
     let stats = Arc::new(RuntimeStats::default());
     let mut sources = vec![chosen.source];
     sources.extend(platform::sampler(&config));
+    // Detection tasks (agent -> procmond over the bus), on their own connection.
+    let task_server = match platform::inspector() {
+        Ok(inspector) => {
+            let ctx =
+                tasks::TaskContext { inspector, hasher: Arc::clone(&hasher), monitor: Arc::clone(&rt_config.monitor) };
+            Some(tokio::spawn(tasks::serve(config.bus_socket(), Arc::new(ctx), cancel.clone())))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "detection tasks are not served");
+            None
+        }
+    };
     let rt = tokio::spawn(runtime::run(sources, ledger, hasher, rt_config, Arc::clone(&stats), cancel.clone()));
     let sig_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -117,6 +131,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         sig_cancel.cancel();
     });
     let mut ledger = rt.await.context("collector task panicked")??;
+    cancel.cancel();
+    if let Some(t) = task_server {
+        let _ = t.await;
+    }
     ledger.audit("stop", &[("pid", pid.as_str())])?;
     ledger.commit()?;
     tracing::info!("procmond stopped");

@@ -88,13 +88,20 @@ impl Agent {
     /// Starts `daemoneye-agent` and waits until its API answers `health`.
     pub fn start(opts: AgentOptions) -> Agent {
         let root = tempfile::Builder::new().prefix("daemoneye-e2e").tempdir().unwrap();
+        Self::start_in(root, opts, &[])
+    }
+
+    /// Like [`Agent::start`], on an existing root (e.g. the one
+    /// [`Agent::kill9`] returned: the same data dir), with extra agent
+    /// arguments (e.g. `--config FILE`). stdout/stderr files are appended to.
+    pub fn start_in(root: tempfile::TempDir, opts: AgentOptions, extra_args: &[&str]) -> Agent {
         let rules = root.path().join("rules");
         std::fs::create_dir_all(&rules).unwrap();
         for (name, body) in &opts.rules {
             std::fs::write(rules.join(name), body).unwrap();
         }
-        let stdout = File::create(root.path().join("agent.stdout")).unwrap();
-        let stderr = File::create(root.path().join("agent.stderr")).unwrap();
+        let append = |name: &str| File::options().create(true).append(true).open(root.path().join(name)).unwrap();
+        let (stdout, stderr) = (append("agent.stdout"), append("agent.stderr"));
         let mut cmd = Command::new(bin("daemoneye-agent"));
         cmd.arg("--data-dir")
             .arg(root.path().join("data"))
@@ -112,6 +119,7 @@ impl Agent {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        cmd.args(extra_args);
         let child = cmd.spawn().expect("start daemoneye-agent");
         let agent = Agent { child, root };
         // Up means the API answered: any health verdict, not "unreachable"
@@ -184,6 +192,17 @@ impl Agent {
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILLs the agent and its procmond (a crash: no shutdown code runs)
+    /// and hands back the root, kept, for [`Agent::start_in`].
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let _ = killpg(Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0)), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let spare = tempfile::Builder::new().prefix("daemoneye-e2e-spare").tempdir().unwrap();
+        std::mem::replace(&mut self.root, spare)
     }
 }
 

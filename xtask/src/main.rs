@@ -9,6 +9,8 @@
 //! - `build-ebpf`: build procmond's eBPF object (nightly + bpf-linker,
 //!   installed when missing; see `ebpf.rs`). `run` and `test` try it first
 //!   and go on without it (procmond then uses its fallbacks) when it fails.
+//! - `install [--root DIR]`: release build, then `daemoneye-cli service
+//!   install` (systemd unit, user, config, rules, binaries).
 
 #![allow(clippy::print_stderr, reason = "xtask reports progress to the developer on stderr")]
 
@@ -48,6 +50,17 @@ enum Cmd {
     Ci,
     /// Build procmond's eBPF object, installing the toolchain parts it needs.
     BuildEbpf,
+    /// Build release binaries and install them as a system service
+    /// (`daemoneye-cli service install`: systemd unit, sysusers.d entry,
+    /// /etc/daemoneye/config.toml, the shipped rules, the binaries).
+    Install {
+        /// Install under DIR instead of / (packaging, tests).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Extra arguments for `daemoneye-cli service install` (after `--`).
+        #[arg(last = true)]
+        service_args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { release, agent_args } => run(release, &agent_args),
         Cmd::Test { test_args } => test(&test_args),
         Cmd::BuildEbpf => ebpf::build_ebpf(&workspace_root(), &target_dir()).map(drop),
+        Cmd::Install { root, service_args } => install(&root, &service_args),
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -91,6 +105,22 @@ fn try_build_ebpf() {
     if let Err(e) = ebpf::build_ebpf(&workspace_root(), &target_dir()) {
         eprintln!("xtask: warning: no eBPF object ({e:#}); procmond will use its fallback backends");
     }
+}
+
+fn install(root: &Path, service_args: &[String]) -> anyhow::Result<()> {
+    try_build_ebpf();
+    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let cli = target_dir().join("release").join("daemoneye-cli");
+    let status = Command::new(&cli)
+        .args(["service", "install", "--root"])
+        .arg(root)
+        .args(service_args)
+        .status()
+        .with_context(|| format!("running {}", cli.display()))?;
+    if !status.success() {
+        bail!("`daemoneye-cli service install` failed ({status})");
+    }
+    Ok(())
 }
 
 fn run(release: bool, agent_args: &[String]) -> anyhow::Result<()> {

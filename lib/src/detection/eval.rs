@@ -241,12 +241,31 @@ impl Ctx<'_> {
         }
     }
 
-    /// A REGEXP pattern compiled with the size limit, cached per execution.
+    /// A REGEXP pattern compiled with the size limit, cached per execution
+    /// and per thread (a streaming rule's constant pattern is compiled once
+    /// per thread, not once per event).
     fn regex(&self, p: &str) -> Result<Rc<regex::Regex>, SqlError> {
         if let Some(r) = self.regex_cache.borrow().get(p) {
             return Ok(Rc::clone(r));
         }
-        let re = Rc::new(compile_regex(p, self.limits.regex_size_limit)?);
+        let limit = self.limits.regex_size_limit;
+        let cached = THREAD_REGEXES.with(|c| c.borrow().get(&(p.to_owned(), limit)).cloned());
+        let re = match cached {
+            Some(re) => re,
+            None => {
+                let re = compile_regex(p, limit)?;
+                THREAD_REGEXES.with(|c| {
+                    let mut c = c.borrow_mut();
+                    // Bounded: ad-hoc queries with ever-new patterns must not grow it.
+                    if c.len() >= THREAD_REGEX_CACHE {
+                        c.clear();
+                    }
+                    c.insert((p.to_owned(), limit), re.clone());
+                });
+                re
+            }
+        };
+        let re = Rc::new(re);
         self.regex_cache.borrow_mut().insert(p.to_owned(), Rc::clone(&re));
         Ok(re)
     }
@@ -264,6 +283,15 @@ impl Ctx<'_> {
         self.sub_cache.borrow_mut().insert(sub.id, Rc::clone(&rows));
         Ok(rows)
     }
+}
+
+/// Compiled patterns kept per thread (`regex::Regex` clones share the
+/// compiled program).
+const THREAD_REGEX_CACHE: usize = 128;
+
+thread_local! {
+    static THREAD_REGEXES: std::cell::RefCell<std::collections::HashMap<(String, usize), regex::Regex>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// `x IN rows`: true on a match, NULL when no match but a NULL was seen.

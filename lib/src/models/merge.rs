@@ -41,6 +41,15 @@ pub fn merge_record(state: &mut ProcessRecord, delta: &ProcessRecord) {
         cpu_usage,
         memory_usage,
         is_thread,
+        signing_id,
+        team_id,
+        cdhash,
+        platform_binary,
+        responsible_pid,
+        session_id,
+        user_sid,
+        token_elevation_type,
+        token_elevated,
     );
 }
 
@@ -76,6 +85,11 @@ pub fn apply_event(current: Option<ProcessState>, event: &ProcessEvent) -> Optio
         record.command_line = None;
         record.file_exists = None;
         record.accessible = None;
+        // The code signature describes the image too.
+        record.signing_id = None;
+        record.team_id = None;
+        record.cdhash = None;
+        record.platform_binary = None;
     }
     merge_record(record, delta);
     match event_type {

@@ -17,3 +17,6 @@ pub mod btf;
 /// The eBPF backend: loader, ring buffer reader, decoder.
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+/// The proc connector backend: netlink process events enriched from `/proc`.
+#[cfg(target_os = "linux")]
+pub mod proc_connector;

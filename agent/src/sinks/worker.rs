@@ -1,0 +1,247 @@
+//! One sink's worker: takes alerts from its queue (and its outbox, on start
+//! and after an overflow), delivers each with retries behind the circuit
+//! breaker, and clears the outbox entry once delivered.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use daemoneye_lib::config::{SinkConfig, SinkType};
+use daemoneye_lib::models::alert_json;
+use daemoneye_lib::proto::Alert;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::file::{RotatingFile, write_stdout};
+use super::syslog::{self, SyslogSink};
+use super::webhook::WebhookSink;
+use super::{Breaker, BreakerState, SendError, SinkMetrics, backoff};
+use crate::store::Store;
+
+/// A sink's transport.
+#[derive(Debug)]
+pub(super) enum Sink {
+    Stdout,
+    File(Arc<Mutex<RotatingFile>>),
+    Syslog(SyslogSink),
+    Webhook(WebhookSink),
+}
+
+impl Sink {
+    /// Builds the transport; errors name the sink and the key.
+    pub(super) fn build(name: &str, cfg: &SinkConfig) -> Result<Self, String> {
+        Ok(match cfg.kind {
+            SinkType::Stdout => Sink::Stdout,
+            SinkType::File => {
+                let path = cfg.path.clone().unwrap_or_default();
+                let max = cfg.max_size.map_or(64 << 20, |s| s.as_u64());
+                Sink::File(Arc::new(Mutex::new(RotatingFile::new(path, max, cfg.max_files.unwrap_or(5)))))
+            }
+            SinkType::Syslog => {
+                let addr = syslog::Address::parse(cfg.address.as_deref().unwrap_or("unix:///dev/log"))
+                    .map_err(|e| format!("sink {name:?}: {e}"))?;
+                let facility = syslog::facility(cfg.facility.as_deref().unwrap_or("daemon"))
+                    .map_err(|e| format!("sink {name:?}: {e}"))?;
+                let header = syslog::Header::local(facility, cfg.app_name.as_deref().unwrap_or("daemoneye"));
+                Sink::Syslog(SyslogSink::new(addr, header, cfg.timeout))
+            }
+            SinkType::Webhook => Sink::Webhook(WebhookSink::new(name, cfg, cfg.timeout)?),
+        })
+    }
+
+    async fn send(&mut self, alert: &Alert) -> Result<(), SendError> {
+        match self {
+            Sink::Stdout => {
+                let line = alert_json(alert).to_string();
+                blocking(move || write_stdout(&line)).await
+            }
+            Sink::File(f) => {
+                let line = alert_json(alert).to_string();
+                let f = Arc::clone(f);
+                blocking(move || f.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_line(&line)).await
+            }
+            Sink::Syslog(s) => s.send(alert).await,
+            Sink::Webhook(w) => w.send(alert).await,
+        }
+    }
+}
+
+async fn blocking(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Result<(), SendError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(SendError::Retry),
+        Err(e) => Err(SendError::Retry(format!("sink write task failed: {e}"))),
+    }
+}
+
+/// The worker's state.
+pub(super) struct Worker {
+    pub(super) name: String,
+    pub(super) sink: Sink,
+    pub(super) store: Arc<Store>,
+    pub(super) rx: mpsc::Receiver<Arc<Alert>>,
+    pub(super) overflow: Arc<AtomicBool>,
+    pub(super) metrics: Arc<SinkMetrics>,
+    pub(super) breaker: Breaker,
+    pub(super) retry_initial: Duration,
+    pub(super) retry_max: Duration,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Worker {
+    /// Runs until cancelled.
+    pub(super) async fn run(mut self) {
+        let mut backlog: VecDeque<Arc<Alert>> = self.read_outbox().await.into();
+        if !backlog.is_empty() {
+            tracing::info!(sink = %self.name, alerts = backlog.len(), "re-queued undelivered alerts from the outbox");
+        }
+        self.metrics.queue_depth.fetch_add(backlog.len() as u64, Relaxed);
+        loop {
+            let alert = if let Some(a) = backlog.pop_front() {
+                a
+            } else if self.overflow.swap(false, Relaxed) {
+                let more = self.read_outbox().await;
+                self.metrics.queue_depth.fetch_add(more.len() as u64, Relaxed);
+                backlog.extend(more);
+                continue;
+            } else {
+                tokio::select! {
+                    a = self.rx.recv() => match a { Some(a) => a, None => return },
+                    () = self.cancel.cancelled() => return,
+                }
+            };
+            let delivered = self.deliver(&alert).await;
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
+            if !delivered {
+                return; // cancelled; the outbox keeps it
+            }
+        }
+    }
+
+    /// The outbox entries, oldest first (an unreadable store is logged and
+    /// retried on the next overflow or restart).
+    async fn read_outbox(&self) -> Vec<Arc<Alert>> {
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        match tokio::task::spawn_blocking(move || store.outbox(&name)).await {
+            Ok(Ok(v)) => v.into_iter().map(Arc::new).collect(),
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "cannot read the alert outbox");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "outbox read task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn store_op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &str) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        match tokio::task::spawn_blocking(move || f(&store, &name)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "alert outbox");
+                None
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "alert outbox task failed");
+                None
+            }
+        }
+    }
+
+    /// Delivers one alert, retrying until it is delivered, refused for
+    /// good, or the worker is cancelled (returns false then).
+    async fn deliver(&mut self, alert: &Arc<Alert>) -> bool {
+        let id = alert.id.clone();
+        // Skip what another path (start-up scan, overflow re-read) delivered.
+        let pending = self.store_op(move |s, n| s.outbox_contains(n, &id)).await;
+        if pending == Some(false) {
+            return true;
+        }
+        let mut attempt: u32 = 0;
+        loop {
+            match self.breaker.before_attempt(Instant::now()) {
+                Ok(Some(state)) => self.transition(state, ""),
+                Ok(None) => {}
+                Err(wait) => {
+                    if !self.sleep(wait).await {
+                        return false;
+                    }
+                    continue;
+                }
+            }
+            if attempt > 0 {
+                self.metrics.retried.fetch_add(1, Relaxed);
+            }
+            attempt += 1;
+            let result = tokio::select! {
+                r = self.sink.send(alert) => r,
+                () = self.cancel.cancelled() => return false,
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics.delivered.fetch_add(1, Relaxed);
+                    if let Some(state) = self.breaker.on_success() {
+                        self.transition(state, "");
+                    }
+                    self.clear(alert).await;
+                    tracing::debug!(sink = %self.name, alert_id = %alert.id, attempts = attempt, "alert delivered");
+                    return true;
+                }
+                Err(SendError::Reject(e)) => {
+                    self.metrics.rejected.fetch_add(1, Relaxed);
+                    tracing::error!(sink = %self.name, alert_id = %alert.id, error = %e, "the sink refused the alert; it will not be retried");
+                    self.clear(alert).await;
+                    return true;
+                }
+                Err(SendError::Retry(e)) => {
+                    self.metrics.failed.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %self.name, alert_id = %alert.id, attempt, error = %e, "alert delivery failed; will retry");
+                    if let Some(state) = self.breaker.on_failure(Instant::now()) {
+                        self.transition(state, &e);
+                        continue; // the breaker's cool-down is the wait
+                    }
+                    let wait = backoff(self.retry_initial, self.retry_max, self.breaker.failures());
+                    if !self.sleep(wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn clear(&self, alert: &Alert) {
+        let id = alert.id.clone();
+        // On failure the alert stays in the outbox and is delivered again
+        // after a restart: at-least-once.
+        let _ = self.store_op(move |s, n| s.outbox_remove(n, &id)).await;
+    }
+
+    fn transition(&self, state: BreakerState, error: &str) {
+        self.metrics.breaker.store(state as u8, Relaxed);
+        match state {
+            BreakerState::Open => tracing::warn!(
+                sink = %self.name,
+                failures = self.breaker.failures(),
+                error,
+                "circuit breaker opened: pausing deliveries to this sink"
+            ),
+            BreakerState::HalfOpen => {
+                tracing::info!(sink = %self.name, "circuit breaker half-open: probing with one delivery")
+            }
+            BreakerState::Closed => tracing::info!(sink = %self.name, "circuit breaker closed: deliveries resumed"),
+        }
+    }
+
+    /// Sleeps unless cancelled first (then false).
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.cancel.cancelled() => false,
+        }
+    }
+}
