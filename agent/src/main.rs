@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::Context as _;
 use clap::Parser;
 use daemoneye_eventbus::Broker;
-use daemoneye_lib::config::{Backend, Config, LoadOptions};
+use daemoneye_lib::config::{Backend, Config, DaemonFlags};
 use daemoneye_lib::detection::Limits;
 use daemoneye_lib::proto::{
     BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
@@ -42,50 +42,24 @@ use daemoneye_agent::tasks::TaskClient;
 #[derive(Debug, Parser)]
 #[command(name = "daemoneye-agent", version, about, long_about)]
 struct Args {
-    /// Configuration file (replaces /etc/daemoneye/config.toml and the user config).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Data directory: the store, the ledger and (by default) the sockets in DIR/run.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonFlags,
     /// Directory of YAML rule files.
     #[arg(long, value_name = "DIR")]
     rules_dir: Option<PathBuf>,
-    /// Kernel telemetry backend for procmond.
-    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "ebpf", "proc-connector", "poll"])]
-    backend: Option<String>,
     /// The procmond binary (default: next to this one).
     #[arg(long, value_name = "FILE")]
     procmond: Option<PathBuf>,
-    /// Ignore /etc/daemoneye/config.toml and the user config.
-    #[arg(long)]
-    no_system_config: bool,
-    /// Log level when RUST_LOG is unset (error, warn, info, debug, trace).
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut opts = LoadOptions {
-        config_file: args.config.clone(),
-        skip_system_files: args.no_system_config,
-        ..Default::default()
-    };
-    if let Some(d) = &args.data_dir {
-        opts.set("general.data_dir", d.display().to_string());
-    }
+    let mut opts = args.daemon.load_options();
     if let Some(d) = &args.rules_dir {
         opts.set("rules.dir", d.display().to_string());
     }
-    if let Some(b) = &args.backend {
-        opts.set("procmond.backend", b.as_str());
-    }
     if let Some(p) = &args.procmond {
         opts.set("procmond.binary", p.display().to_string());
-    }
-    if let Some(l) = &args.log_level {
-        opts.set("general.log_level", l.as_str());
     }
     let config = Config::load(&opts)?;
     let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
@@ -305,13 +279,8 @@ fn procmond_command(config: &Config, args: &Args) -> anyhow::Result<ProcmondComm
         "--backend".to_owned(),
         config.procmond.backend.as_str().to_owned(),
     ];
-    if let Some(c) = &args.config {
-        argv.push("--config".into());
-        argv.push(c.display().to_string());
-    }
-    if args.no_system_config {
-        argv.push("--no-system-config".into());
-    }
+    // procmond reads the same layers (and inherits DAEMONEYE_* variables).
+    argv.extend(args.daemon.to_args());
     if config.procmond.backend == Backend::Auto {
         tracing::debug!("procmond will choose the best available backend");
     }

@@ -13,7 +13,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "flags")]
+mod flags;
 mod sinks;
+
+#[cfg(feature = "flags")]
+pub use flags::DaemonFlags;
 pub use sinks::{SinkConfig, SinkType, validate_sinks};
 
 /// The built-in defaults, with comments: also what `service install` writes.

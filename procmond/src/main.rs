@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use collector_core::hash::Hasher;
 use collector_core::runtime::{self, RuntimeConfig, RuntimeStats};
-use daemoneye_lib::config::{Config, LoadOptions};
+use daemoneye_lib::config::{Config, DaemonFlags};
 use daemoneye_lib::ledger::LedgerWriter;
 use daemoneye_lib::telemetry::{LogFormat, init_logging};
 use tokio_util::sync::CancellationToken;
@@ -30,44 +30,18 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "procmond", version, about, long_about)]
 struct Args {
-    /// Configuration file (replaces /etc/daemoneye/config.toml and the user config).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Data directory (the ledger lives in DIR/ledger).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonFlags,
     /// Socket directory (the bus is RUN_DIR/bus.sock).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
-    /// Telemetry backend.
-    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "ebpf", "proc-connector", "poll"])]
-    backend: Option<String>,
-    /// Ignore /etc/daemoneye/config.toml and the user config.
-    #[arg(long)]
-    no_system_config: bool,
-    /// Log level when RUST_LOG is unset.
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut opts = LoadOptions {
-        config_file: args.config.clone(),
-        skip_system_files: args.no_system_config,
-        ..Default::default()
-    };
-    if let Some(d) = &args.data_dir {
-        opts.set("general.data_dir", d.display().to_string());
-    }
+    let mut opts = args.daemon.load_options();
     if let Some(d) = &args.run_dir {
         opts.set("general.run_dir", d.display().to_string());
-    }
-    if let Some(b) = &args.backend {
-        opts.set("procmond.backend", b.as_str());
-    }
-    if let Some(l) = &args.log_level {
-        opts.set("general.log_level", l.as_str());
     }
     let config = Config::load(&opts)?;
     let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
