@@ -334,7 +334,19 @@ fn a_tiny_ring_buffer_reports_its_losses() {
     let (m, exe) = marker_binary(dir.path(), "rb");
     let run_id = format!("run{}", std::process::id());
     let head = health(&agent)["last_applied_seq"].as_i64().unwrap_or(0);
+    // A consumer that keeps up never fills even 4 KiB, however fast the
+    // storm: stall procmond (SIGSTOP) for the storm, as a busy or
+    // descheduled collector would be, so the ring must overflow.
+    let procmond = health(&agent)["components"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "procmond"))
+        .and_then(|c| c["pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("procmond pid in health");
+    let procmond = nix::unistd::Pid::from_raw(procmond);
+    nix::sys::signal::kill(procmond, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let pids = storm(&exe, &m, &run_id, STORM);
+    nix::sys::signal::kill(procmond, nix::sys::signal::Signal::SIGCONT).unwrap();
 
     // Nothing is under-counted: what arrived plus what was reported lost
     // covers the storm (the lost counts also include other processes').
