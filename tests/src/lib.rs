@@ -246,3 +246,23 @@ pub fn marker(prefix: &str) -> String {
     assert!(m.len() <= 15, "marker prefix too long: {prefix}");
     m
 }
+
+/// Spawns `cmd`, retrying while the kernel answers ETXTBSY: a binary copied
+/// a moment ago can still be open for writing in a child that another test
+/// thread forked before that child's exec closed the descriptor.
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc_etxtbsy()) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {cmd:?}: {e}"),
+        }
+    }
+}
+
+fn libc_etxtbsy() -> i32 {
+    nix::errno::Errno::ETXTBSY as i32
+}

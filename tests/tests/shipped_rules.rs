@@ -34,8 +34,13 @@ fn shipped_rules() -> Vec<(String, String)> {
 
 /// A private work dir outside /tmp (so that only the rule meant to fire on
 /// /tmp does), readable by every user (the setuid trigger runs as nobody).
+/// When the checkout itself lives under a temporary directory (CI clones
+/// can), the work dir goes to /var/lib instead (these tests run as root).
 fn work_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("rules-e2e").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let target_tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let under_tmp = ["/tmp", "/var/tmp", "/dev/shm"].iter().any(|t| target_tmp.starts_with(t));
+    let base = if under_tmp { std::path::Path::new("/var/lib") } else { target_tmp };
+    let d = tempfile::Builder::new().prefix("rules-e2e").tempdir_in(base).unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -50,7 +55,8 @@ fn fake(dir: &Path, sub: &str, src: &str, name: &str) -> PathBuf {
 
 /// Runs a command to completion (output discarded) and returns its pid.
 fn run(cmd: &mut Command) -> u32 {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        daemoneye_tests::spawn_retrying(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()));
     let pid = child.id();
     child.wait().unwrap();
     pid
@@ -105,7 +111,7 @@ fn shipped_rules_fire_on_real_processes() {
     // A running process whose executable is then deleted: the start-up
     // snapshot sees it as such.
     let gone = fake(w, "gone", "/bin/sleep", "gone-binary");
-    let mut gone_child = Command::new(&gone).arg("300").spawn().unwrap();
+    let mut gone_child = daemoneye_tests::spawn_retrying(Command::new(&gone).arg("300"));
     std::fs::remove_file(&gone).unwrap();
 
     let agent = start_agent(w);
