@@ -15,7 +15,7 @@ use daemoneye_lib::detection::Limits;
 use daemoneye_lib::proto::{
     BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
 };
-use daemoneye_lib::telemetry::{LogFormat, init_logging};
+use daemoneye_lib::telemetry::init_from_config;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,8 +62,7 @@ fn main() -> anyhow::Result<()> {
         opts.set("procmond.binary", p.display().to_string());
     }
     let config = Config::load(&opts)?;
-    let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
-    init_logging(&config.general.log_level, format);
+    init_from_config(&config.general).map_err(anyhow::Error::msg)?;
 
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

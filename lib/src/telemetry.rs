@@ -35,3 +35,10 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Installs logging as `[general]` configures it (`log_level`, `log_format`).
+pub fn init_from_config(general: &crate::config::GeneralConfig) -> Result<(), String> {
+    let format: LogFormat = general.log_format.parse()?;
+    init_logging(&general.log_level, format);
+    Ok(())
+}

@@ -20,7 +20,7 @@ use collector_core::hash::Hasher;
 use collector_core::runtime::{self, RuntimeConfig, RuntimeStats};
 use daemoneye_lib::config::{Config, DaemonFlags};
 use daemoneye_lib::ledger::LedgerWriter;
-use daemoneye_lib::telemetry::{LogFormat, init_logging};
+use daemoneye_lib::telemetry::init_from_config;
 use tokio_util::sync::CancellationToken;
 
 /// DaemonEye process collector (started by daemoneye-agent).
@@ -44,8 +44,7 @@ fn main() -> anyhow::Result<()> {
         opts.set("general.run_dir", d.display().to_string());
     }
     let config = Config::load(&opts)?;
-    let format: LogFormat = config.general.log_format.parse().map_err(anyhow::Error::msg)?;
-    init_logging(&config.general.log_level, format);
+    init_from_config(&config.general).map_err(anyhow::Error::msg)?;
 
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
