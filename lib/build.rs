@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY-free: build scripts are single-threaded; prost-build reads PROTOC.
     unsafe_env_set("PROTOC", protoc.as_os_str());
 
-    let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: a build script binary compiled for one checkout can
+    // be reused by another one sharing the target dir (Cargo hashes member
+    // paths relative to the workspace), and `env!` would point at the first.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?;
+    let proto_dir = PathBuf::from(manifest).join("../proto");
     let files = ["events.proto", "bus.proto", "tasks.proto", "agent.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", proto_dir.join(f).display());

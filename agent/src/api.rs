@@ -139,7 +139,7 @@ impl AgentApi for Api {
             (Err(e), None) => return Err(Status::invalid_argument(e.to_string())),
         };
         Ok(Response::new(QueryResponse {
-            columns: rs.columns,
+            columns: rs.columns.to_vec(),
             rows: rs.rows.iter().map(|r| SqlRow { values: r.iter().map(to_sql).collect() }).collect(),
             truncated: rs.truncated,
         }))

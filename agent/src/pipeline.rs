@@ -98,6 +98,9 @@ pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>) {
             last_prune = Instant::now();
         }
     }
+    if let Err(e) = shared.store.flush() {
+        tracing::warn!(error = %e, "could not make the store durable at shutdown; the next start catches up from the ledger");
+    }
 }
 
 fn process_batch(shared: &Shared, mut batch: Vec<Incoming>) {
@@ -200,13 +203,16 @@ fn apply(shared: &Shared, batch: Vec<Incoming>) {
     evaluate_streaming(shared, &batch, &applied.states);
 }
 
+/// A streaming rule's match: (event index, rule index, columns, row).
+type StreamingMatch = (usize, usize, std::sync::Arc<[String]>, Vec<Value>);
+
 fn evaluate_streaming(shared: &Shared, batch: &[Incoming], states: &[Option<daemoneye_lib::proto::ProcessState>]) {
     let rules = shared.rules();
     if rules.rules.is_empty() {
         return;
     }
     let params = Params::default();
-    let mut matches: Vec<(usize, usize, Vec<String>, Vec<Value>)> = Vec::new();
+    let mut matches: Vec<StreamingMatch> = Vec::new();
     {
         let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tables = QueryTables::processes_only(&table);

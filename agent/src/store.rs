@@ -84,11 +84,20 @@ pub struct AppliedBatch {
     pub last_applied_seq: u64,
 }
 
+/// Most time a commit of derived state (table rows, events, deliveries)
+/// stays non-durable. Such commits skip the fsync: the ledger has every
+/// event they came from, and after a crash the agent re-reads it from the
+/// last durable `last_applied_seq`. Alerts and rule state are committed
+/// durably at once, which makes every earlier commit durable too.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The redb store.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// When the last durable commit happened.
+    last_durable: std::sync::Mutex<std::time::Instant>,
 }
 
 trait Ctx<T> {
@@ -104,7 +113,7 @@ impl Store {
     /// Opens (or creates) the store and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).ctx(path, "opening")?;
-        let store = Self { db, path: path.to_owned() };
+        let store = Self { db, path: path.to_owned(), last_durable: std::sync::Mutex::new(std::time::Instant::now()) };
         let txn = store.db.begin_write().ctx(path, "starting a transaction")?;
         {
             txn.open_table(PROCESSES).ctx(path, "creating tables")?;
@@ -129,6 +138,28 @@ impl Store {
         Ok(store)
     }
 
+    /// Makes a commit of derived state non-durable unless the last durable
+    /// commit is [`DURABLE_EVERY`] old (see there).
+    fn relax(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut last = self.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() >= DURABLE_EVERY {
+            *last = std::time::Instant::now();
+            return Ok(());
+        }
+        txn.set_durability(redb::Durability::None).ctx(&self.path, "relaxing durability")
+    }
+    /// Makes every earlier commit durable (on shutdown: a restart then
+    /// needs no catch-up).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().ctx(&self.path, "starting a transaction")?;
+        txn.commit().ctx(&self.path, "committing")?;
+        self.durable();
+        Ok(())
+    }
+    /// Notes a durable commit (the default durability).
+    fn durable(&self) {
+        *self.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -163,7 +194,8 @@ impl Store {
         current: &dyn Fn(&str) -> Option<ProcessState>,
     ) -> Result<AppliedBatch, StoreError> {
         let p = &self.path;
-        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        self.relax(&mut txn)?;
         let mut out = AppliedBatch::default();
         {
             let mut meta = txn.open_table(META).ctx(p, "opening meta")?;
@@ -288,6 +320,7 @@ impl Store {
             order.insert((alert.alert_time_ms, alert.id.as_str()), ()).ctx(p, "writing an alert")?;
         }
         txn.commit().ctx(p, "committing an alert")?;
+        self.durable();
         Ok(())
     }
 
@@ -307,6 +340,7 @@ impl Store {
             }
         }
         txn.commit().ctx(p, "committing an alert")?;
+        self.durable();
         Ok(())
     }
 
@@ -340,7 +374,9 @@ impl Store {
     /// Marks `alert_id` delivered to `sink`.
     pub fn outbox_remove(&self, sink: &str, alert_id: &str) -> Result<(), StoreError> {
         let p = &self.path;
-        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        // Lost in a crash, a delivery is repeated: at least once, by id.
+        self.relax(&mut txn)?;
         {
             let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
             outbox.remove((sink, alert_id)).ctx(p, "removing from alert_outbox")?;

@@ -2,7 +2,9 @@
 //! rule per event (target <= 200 ns), every shipped rule per event (target
 //! <= 20 us), and a table rule over 10,000 processes.
 //!
-//! `cargo bench -p daemoneye-lib --bench detection`. The process table is a
+//! `cargo bench -p daemoneye-lib --bench detection`; with `PER_RULE=1` in
+//! the environment each shipped streaming rule is also measured on its own
+//! (to find the rule that costs the most). The process table is a
 //! [`MemTables`] with 10,000 rows (the provider rules see in the agent is an
 //! in-memory view with the same indexes); events are typical benign execs
 //! whose parent is in the table, so joins do their index lookup.
@@ -106,6 +108,13 @@ fn streaming(c: &mut Criterion) {
     let shipped: Vec<&Query> =
         set.rules.iter().filter(|r| r.rule.enabled && r.query.is_streaming()).map(|r| &r.query).collect();
     assert!(shipped.len() >= 25, "only {} streaming rules", shipped.len());
+    if std::env::var_os("PER_RULE").is_some() {
+        for r in set.rules.iter().filter(|r| r.rule.enabled && r.query.is_streaming()) {
+            g.bench_function(format!("rule {}", r.rule.id), |b| {
+                b.iter(|| black_box(r.query.evaluate_event(black_box(&row), &tables, &params, &limits).unwrap()));
+            });
+        }
+    }
     g.bench_function(format!("all {} shipped streaming rules per event", shipped.len()), |b| {
         b.iter(|| {
             let mut hits = 0usize;

@@ -28,6 +28,7 @@ fn config() -> LedgerConfig {
         segment_size: ByteSize::mib(16),
         commit_batch: BATCH,
         commit_interval: Duration::from_millis(5),
+        sync_interval: Duration::ZERO,
         checkpoint_every: 10_000,
         checkpoint_interval: Duration::from_secs(10),
     }

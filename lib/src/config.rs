@@ -254,6 +254,12 @@ pub struct LedgerConfig {
     /// Time per group commit, at most.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Least time between two fdatasyncs of committed records (0: one per
+    /// commit). Committed records are always written (readers and the
+    /// agent see them) before they are published; this bounds what a power
+    /// loss can take, like auditd's incremental flush.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
     /// Records between checkpoints.
     pub checkpoint_every: u64,
     /// Time between checkpoints.

@@ -9,6 +9,8 @@
 //! - `build-ebpf`: build procmond's eBPF object (nightly + bpf-linker,
 //!   installed when missing; see `ebpf.rs`). `run` and `test` try it first
 //!   and go on without it (procmond then uses its fallbacks) when it fails.
+//! - `bench`: the sensor benchmarks of PRODUCT.md §15 on the real kernel
+//!   (`bench.rs`), `--criterion` adds the criterion benchmarks.
 //! - `install [--root DIR]`: release build, then `daemoneye-cli service
 //!   install` (systemd unit, user, config, rules, binaries).
 
@@ -20,6 +22,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod ebpf;
 
 #[derive(Debug, Parser)]
@@ -50,6 +53,9 @@ enum Cmd {
     Ci,
     /// Build procmond's eBPF object, installing the toolchain parts it needs.
     BuildEbpf,
+    /// Sensor benchmarks on the real kernel (exec storms against a baseline
+    /// and execsnoop, start-up snapshot, memory); needs root.
+    Bench(bench::BenchArgs),
     /// Build release binaries and install them as a system service
     /// (`daemoneye-cli service install`: systemd unit, sysusers.d entry,
     /// /etc/daemoneye/config.toml, the shipped rules, the binaries).
@@ -67,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run { release, agent_args } => run(release, &agent_args),
         Cmd::Test { test_args } => test(&test_args),
+        Cmd::Bench(args) => bench::bench(&workspace_root(), &target_dir(), &args),
         Cmd::BuildEbpf => ebpf::build_ebpf(&workspace_root(), &target_dir()).map(drop),
         Cmd::Install { root, service_args } => install(&root, &service_args),
         Cmd::Ci => {

@@ -40,7 +40,10 @@ pub(super) fn state(
     let rs = query
         .execute(&st.table, &Params::default(), &opts.limits)
         .with_context(|| format!("running the query over the table as of {}", format_time(at_ns)))?;
-    let grid = Grid { columns: rs.columns, rows: rs.rows.iter().map(|r| r.iter().map(value_json).collect()).collect() };
+    let grid = Grid {
+        columns: rs.columns.to_vec(),
+        rows: rs.rows.iter().map(|r| r.iter().map(value_json).collect()).collect(),
+    };
     grid.write(ctx.format, out)?;
     match st.last_time_ns {
         Some(t) => eprintln!(

@@ -10,6 +10,7 @@ use super::Value;
 use super::bind::{Binder, MAX_DEPTH, not_allowed, snippet};
 use super::error::{Pos, SqlError, suggest};
 use super::functions::{self};
+use super::like::Pattern;
 use super::ops::{Aff, Arith, CastTo, Conv, comparison_conv};
 use super::plan::{CmpOp, Expr, Sub};
 
@@ -28,6 +29,46 @@ pub(crate) fn compile_regex(pattern: &str, size_limit: usize) -> Result<regex::R
 
 fn bx(e: Expr) -> Box<Expr> {
     Box::new(e)
+}
+
+/// A LIKE pattern known at planning: a text literal, with no escape or a
+/// one-character literal one. Anything else is compiled per evaluation
+/// (which also reports a bad escape or an over-long pattern).
+fn compile_like(pat: &Expr, esc: Option<&Expr>) -> Option<Box<Pattern>> {
+    let Expr::Lit(Value::Text(p)) = pat else {
+        return None;
+    };
+    let esc = match esc {
+        None => None,
+        Some(Expr::Lit(Value::Text(e))) => {
+            let mut it = e.chars();
+            match (it.next(), it.next()) {
+                (Some(c), None) => Some(c),
+                _ => return None,
+            }
+        }
+        Some(_) => return None,
+    };
+    Pattern::like(p, esc).map(Box::new)
+}
+
+/// `x IN ('a', 'b', ...)` where every item is a text literal and no
+/// numeric conversion applies: a text `x` equals an item exactly when
+/// their bytes are equal, so a sorted list answers it.
+fn text_set(list: &[(Expr, Conv)], conv: Conv) -> Option<Box<[Box<str>]>> {
+    if conv == Conv::Numeric || list.is_empty() {
+        return None;
+    }
+    let mut texts = Vec::with_capacity(list.len());
+    for (item, _) in list {
+        let Expr::Lit(Value::Text(t)) = item else {
+            return None;
+        };
+        texts.push(Box::<str>::from(t.as_str()));
+    }
+    texts.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    texts.dedup();
+    Some(texts.into_boxed_slice())
 }
 
 impl Binder<'_> {
@@ -108,7 +149,8 @@ impl Binder<'_> {
                         for it in items {
                             list.push((self.bind_expr(it)?.0, conv));
                         }
-                        (Expr::InList { e: bx(x), list, negated: *negated }, none)
+                        let texts = text_set(&list, conv);
+                        (Expr::InList { e: bx(x), list, negated: *negated, texts }, none)
                     }
                     ast::InTarget::Subquery(q) => {
                         let sub = self.bind_sub(q, pos)?;
@@ -145,15 +187,10 @@ impl Binder<'_> {
                     Some(c) => Some(bx(self.bind_expr(c)?.0)),
                     None => None,
                 };
-                (
-                    Expr::Like {
-                        e: bx(self.bind_expr(expr)?.0),
-                        pat: bx(self.bind_expr(pattern)?.0),
-                        esc,
-                        negated: *negated,
-                    },
-                    none,
-                )
+                let e = bx(self.bind_expr(expr)?.0);
+                let pat = bx(self.bind_expr(pattern)?.0);
+                let compiled = compile_like(&pat, esc.as_deref());
+                (Expr::Like { e, pat, esc, negated: *negated, compiled }, none)
             }
             A::ILike { .. } => {
                 return Err(not_allowed("ILIKE", pos, "LIKE is already case-insensitive for ASCII"));
@@ -295,7 +332,13 @@ impl Binder<'_> {
             B::Or => (Expr::Or(bx(self.bind_expr(left)?.0), bx(self.bind_expr(right)?.0)), none),
             B::StringConcat => (Expr::Concat(bx(self.bind_expr(left)?.0), bx(self.bind_expr(right)?.0)), none),
             B::Glob => {
-                (Expr::Glob { e: bx(self.bind_expr(left)?.0), pat: bx(self.bind_expr(right)?.0), negated: false }, none)
+                let e = bx(self.bind_expr(left)?.0);
+                let pat = bx(self.bind_expr(right)?.0);
+                let compiled = match &*pat {
+                    Expr::Lit(Value::Text(p)) => Pattern::glob(p).map(Box::new),
+                    _ => None,
+                };
+                (Expr::Glob { e, pat, negated: false, compiled }, none)
             }
             B::Regexp => self.bind_regexp(left, right, false)?,
             other => {

@@ -13,7 +13,14 @@ use super::plan::{CmpOp, Expr, Lookup, MAX_SOURCES, Source, SourceKind};
 impl Binder<'_> {
     pub(super) fn bind_from(&mut self, twj: &ast::TableWithJoins, out: &mut Vec<Source>) -> Result<(), SqlError> {
         let src = self.bind_table_factor(&twj.relation)?;
-        out.push(Source { kind: src.kind, width: src.columns.len(), left: false, on: None, lookup: None });
+        out.push(Source {
+            kind: src.kind,
+            width: src.columns.len(),
+            left: false,
+            on: None,
+            lookup: None,
+            filter: Vec::new(),
+        });
         self.push_source(src);
         for j in &twj.joins {
             let jpos = Pos::from_span(j.relation.span());
@@ -52,7 +59,14 @@ impl Binder<'_> {
             };
             let src = self.bind_table_factor(&j.relation)?;
             let idx = out.len();
-            out.push(Source { kind: src.kind, width: src.columns.len(), left, on: None, lookup: None });
+            out.push(Source {
+                kind: src.kind,
+                width: src.columns.len(),
+                left,
+                on: None,
+                lookup: None,
+                filter: Vec::new(),
+            });
             self.push_source(src);
             let (on_expr, _) = self.bind_clause(on, "ON", false)?;
             if !has_join_equality(&on_expr, idx) {

@@ -2,6 +2,7 @@
 //! indexed equality), filtering, grouping, DISTINCT, sorting and LIMIT, with
 //! the limits checked as it goes.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -36,13 +37,23 @@ pub(crate) struct Ctx<'a> {
     pub positional: &'a [Value],
     pub named: &'a [Value],
     pub limits: &'a Limits,
-    pub now_ms: i64,
-    start: Instant,
+    /// What `now_ms()` returns: fixed by the caller, or read from the
+    /// wall clock on first use (once per execution).
+    now_ms: Cell<Option<i64>>,
+    /// When the timeout clock started: at the first check (after 256 units
+    /// of work), so a short evaluation never reads a clock.
+    start: Cell<Option<Instant>>,
     ticks: Cell<u32>,
     mem_rows: Cell<u64>,
-    cte_cache: RefCell<HashMap<usize, Rows>>,
-    pub(crate) sub_cache: RefCell<HashMap<usize, Rows>>,
-    pub(crate) regex_cache: RefCell<HashMap<String, Rc<regex::Regex>>>,
+    /// The event passed the streaming pre-filter: the root's first source
+    /// need not check the same conditions again.
+    prefiltered: Cell<bool>,
+    /// CTE results by id (grown on first use: nothing is allocated for a
+    /// query without CTEs).
+    cte_cache: RefCell<Vec<Option<Rows>>>,
+    /// Uncorrelated subquery results by id.
+    pub(crate) sub_cache: RefCell<Vec<Option<Rows>>>,
+    pub(crate) regex_cache: RefCell<Option<HashMap<String, Rc<regex::Regex>>>>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -97,10 +108,8 @@ impl<'a> Ctx<'a> {
         positional: &'a [Value],
         named: &'a [Value],
         limits: &'a Limits,
+        now_ms: Option<i64>,
     ) -> Self {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Ctx {
             plan,
             tables,
@@ -108,24 +117,45 @@ impl<'a> Ctx<'a> {
             positional,
             named,
             limits,
-            now_ms,
-            start: Instant::now(),
+            now_ms: Cell::new(now_ms),
+            start: Cell::new(None),
             ticks: Cell::new(0),
             mem_rows: Cell::new(0),
-            cte_cache: RefCell::new(HashMap::new()),
-            sub_cache: RefCell::new(HashMap::new()),
-            regex_cache: RefCell::new(HashMap::new()),
+            prefiltered: Cell::new(false),
+            cte_cache: RefCell::new(Vec::new()),
+            sub_cache: RefCell::new(Vec::new()),
+            regex_cache: RefCell::new(None),
         }
     }
 
-    /// Counts one unit of work; checks the timeout every 256.
+    /// `now_ms()`: the same value for the whole execution.
+    pub(crate) fn now_ms(&self) -> i64 {
+        if let Some(t) = self.now_ms.get() {
+            return t;
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.now_ms.set(Some(t));
+        t
+    }
+
+    /// Counts one unit of work (a row visited); checks the timeout every
+    /// 256. The clock starts at the first check: the work before it is at
+    /// most 255 rows, and an evaluation smaller than that (a streaming rule
+    /// on one event) never pays for reading a clock.
     pub(crate) fn tick(&self) -> Result<(), SqlError> {
         let t = self.ticks.get().wrapping_add(1);
         self.ticks.set(t);
         if t.is_multiple_of(256) {
-            let elapsed = self.start.elapsed();
-            if elapsed > self.limits.timeout {
-                return Err(SqlError::Timeout { elapsed, limit: self.limits.timeout });
+            match self.start.get() {
+                None => self.start.set(Some(Instant::now())),
+                Some(start) => {
+                    let elapsed = start.elapsed();
+                    if elapsed > self.limits.timeout {
+                        return Err(SqlError::Timeout { elapsed, limit: self.limits.timeout });
+                    }
+                }
             }
         }
         Ok(())
@@ -139,6 +169,19 @@ impl<'a> Ctx<'a> {
             return Err(SqlError::MemoryLimit { limit: self.limits.max_memory_rows });
         }
         Ok(())
+    }
+
+    /// Whether the event fails the streaming pre-filter (see
+    /// `Plan::prefilter`): then the query returns no row, and nothing else
+    /// needs to run.
+    pub(crate) fn event_rejected(&self, event: &[Value]) -> Result<bool, SqlError> {
+        let Some(src) = self.plan.root.sources.first().filter(|_| self.plan.prefilter) else {
+            return Ok(false);
+        };
+        let segs = [event];
+        let pass = self.passes_all(&src.filter, &Env { segs: &segs, aggs: &[], outer: None })?;
+        self.prefiltered.set(pass);
+        Ok(!pass)
     }
 
     /// Runs the top-level SELECT; returns its rows and whether they were
@@ -169,12 +212,12 @@ impl<'a> Ctx<'a> {
     }
 
     fn cte_rows(&self, id: usize) -> Result<Rows, SqlError> {
-        if let Some(r) = self.cte_cache.borrow().get(&id) {
+        if let Some(Some(r)) = self.cte_cache.borrow().get(id) {
             return Ok(Rc::clone(r));
         }
         let body = self.plan.ctes.get(id).ok_or_else(|| internal("CTE id"))?;
         let rows = self.run_nested(body, None, None)?;
-        self.cte_cache.borrow_mut().insert(id, Rc::clone(&rows));
+        cache_put(&self.cte_cache, id, &rows);
         Ok(rows)
     }
 
@@ -214,9 +257,7 @@ impl<'a> Ctx<'a> {
             self.run_grouped(p, outer, &mut out)?;
         } else {
             self.for_each_row(p, outer, &mut |env| {
-                if let Some(f) = &p.filter
-                    && ops::truthy(&*self.eval(f, env)?) != Some(true)
-                {
+                if !self.passes_all(&p.filter, env)? {
                     return Ok(true);
                 }
                 let row = self.project(p, env)?;
@@ -274,9 +315,7 @@ impl<'a> Ctx<'a> {
         let mut index: HashMap<Vec<KeyPart>, usize> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
         self.for_each_row(p, outer, &mut |env| {
-            if let Some(f) = &p.filter
-                && ops::truthy(&*self.eval(f, env)?) != Some(true)
-            {
+            if !self.passes_all(&p.filter, env)? {
                 return Ok(true);
             }
             let mut key = Vec::with_capacity(p.group_by.len());
@@ -327,9 +366,7 @@ impl<'a> Ctx<'a> {
             }
             let segs: Vec<&[Value]> = g.rep.iter().map(Vec::as_slice).collect();
             let env = Env { segs: &segs, aggs: &aggs, outer };
-            if let Some(h) = &p.having
-                && ops::truthy(&*self.eval(h, &env)?) != Some(true)
-            {
+            if !self.passes(p.having.as_ref(), &env)? {
                 continue;
             }
             out.push(self.project(p, &env)?);
@@ -402,7 +439,31 @@ impl<'a> Ctx<'a> {
             let n = segs.len().min(MAX_SOURCES - 1);
             next[..n].copy_from_slice(&segs[..n]);
             next[n] = &nulls;
-            return self.join(p, i + 1, &next[..=n], outer, f);
+            let segs = &next[..=n];
+            if !self.passes_all(&src.filter, &Env { segs, aggs: &[], outer })? {
+                return Ok(true);
+            }
+            return self.join(p, i + 1, segs, outer, f);
+        }
+        Ok(true)
+    }
+
+    /// Whether a filter (ON, HAVING) lets the row through: only a true
+    /// value does.
+    fn passes(&self, filter: Option<&super::plan::Expr>, env: &Env<'_>) -> Result<bool, SqlError> {
+        match filter {
+            None => Ok(true),
+            Some(e) => Ok(self.truth(e, env)? == Some(true)),
+        }
+    }
+
+    /// Whether every WHERE conjunct is true; stops at the first that is
+    /// not (as SQLite does: a NULL term skips the rest like a false one).
+    fn passes_all(&self, conjuncts: &[super::plan::Expr], env: &Env<'_>) -> Result<bool, SqlError> {
+        for c in conjuncts {
+            if self.truth(c, env)? != Some(true) {
+                return Ok(false);
+            }
         }
         Ok(true)
     }
@@ -421,18 +482,21 @@ impl<'a> Ctx<'a> {
         let env = Env { segs, aggs: &[], outer };
         let key = self.eval(&lk.key, &env)?;
         let key = if lk.numeric {
-            match ops::apply_conv(&key, ops::Conv::Numeric).into_owned() {
+            Cow::Owned(match *ops::apply_conv(&key, ops::Conv::Numeric) {
                 Value::Integer(i) => Value::Integer(i),
                 #[allow(clippy::cast_possible_truncation)]
                 Value::Real(r) if r.trunc() == r && (-9.2e18..9.2e18).contains(&r) => Value::Integer(r as i64),
                 Value::Real(r) => Value::Real(r),
                 // NULL or non-numeric text equals no integer.
                 _ => return Ok(Some(Vec::new())),
-            }
+            })
         } else {
-            match key.into_owned() {
+            match &*key {
                 Value::Null => return Ok(Some(Vec::new())),
-                other => Value::Text(ops::to_text(&other)),
+                // Text keys (the usual `p.process_key = e.parent_key`) are
+                // looked up borrowed.
+                Value::Text(_) => key,
+                other => Cow::Owned(Value::Text(ops::to_text(other))),
             }
         };
         Ok(self.tables.lookup(t, lk.column, &key))
@@ -456,14 +520,27 @@ impl<'a> Ctx<'a> {
         next[..n].copy_from_slice(&segs[..n]);
         next[n] = row;
         let segs = &next[..=n];
-        if let Some(on) = &src.on {
-            let env = Env { segs, aggs: &[], outer };
-            if ops::truthy(&*self.eval(on, &env)?) != Some(true) {
-                return Ok(true);
-            }
+        let env = Env { segs, aggs: &[], outer };
+        if !self.passes(src.on.as_ref(), &env)? {
+            return Ok(true);
         }
         *matched = true;
+        let prefiltered = i == 0 && self.prefiltered.get() && std::ptr::eq(p, &self.plan.root);
+        if !prefiltered && !self.passes_all(&src.filter, &env)? {
+            return Ok(true);
+        }
         self.join(p, i + 1, segs, outer, f)
+    }
+}
+
+/// Stores a result in a per-execution cache slot.
+pub(crate) fn cache_put(cache: &RefCell<Vec<Option<Rows>>>, id: usize, rows: &Rows) {
+    let mut c = cache.borrow_mut();
+    if c.len() <= id {
+        c.resize(id + 1, None);
+    }
+    if let Some(slot) = c.get_mut(id) {
+        *slot = Some(Rc::clone(rows));
     }
 }
 

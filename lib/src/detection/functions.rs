@@ -1,6 +1,7 @@
 //! The function allowlist: scalar functions and aggregates, with SQLite's
 //! semantics. Anything not named here is rejected by the validator.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use super::Value;
@@ -124,9 +125,10 @@ pub(crate) fn resolve(name: &str, argc: usize, star: bool) -> Result<Option<Reso
 }
 
 /// Evaluates a scalar function on evaluated arguments (`coalesce`, `ifnull`
-/// and friends are short-circuited by the evaluator before they get here).
-pub(crate) fn call(f: Func, args: &[Value], now_ms: i64) -> Result<Value, SqlError> {
-    let arg = |i: usize| args.get(i).unwrap_or(&Value::Null);
+/// and friends are short-circuited, and `now_ms` answered, by the
+/// evaluator before they get here).
+pub(crate) fn call(f: Func, args: &[Cow<'_, Value>]) -> Result<Value, SqlError> {
+    let arg = |i: usize| args.get(i).map_or(&Value::Null, |v| &**v);
     let text = |i: usize| text_of(arg(i));
     Ok(match f {
         Func::Lower => text(0).map_or(Value::Null, |s| Value::Text(s.to_ascii_lowercase())),
@@ -135,7 +137,7 @@ pub(crate) fn call(f: Func, args: &[Value], now_ms: i64) -> Result<Value, SqlErr
             Value::Null => Value::Null,
             v => Value::Integer(count(to_text(v).chars().count())),
         },
-        Func::Substr => substr(arg(0), arg(1), args.get(2)),
+        Func::Substr => substr(arg(0), arg(1), args.get(2).map(|v| &**v)),
         Func::Instr => match (text(0), text(1)) {
             (Some(h), Some(n)) => {
                 Value::Integer(h.find(n.as_ref()).map_or(0, |b| count(h.get(..b).unwrap_or("").chars().count()) + 1))
@@ -171,7 +173,7 @@ pub(crate) fn call(f: Func, args: &[Value], now_ms: i64) -> Result<Value, SqlErr
             Value::Integer(i) => Value::Integer(i.checked_abs().ok_or_else(|| ops::overflow("abs()"))?),
             v => Value::Real(ops::to_f64(v).unwrap_or(0.0).abs()),
         },
-        Func::Coalesce | Func::Ifnull => args.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null),
+        Func::Coalesce | Func::Ifnull => args.iter().find(|v| !v.is_null()).map_or(Value::Null, |v| (**v).clone()),
         Func::Nullif => {
             if !arg(0).is_null() && !arg(1).is_null() && arg(0).sort_cmp(arg(1)) == Ordering::Equal {
                 Value::Null
@@ -185,7 +187,9 @@ pub(crate) fn call(f: Func, args: &[Value], now_ms: i64) -> Result<Value, SqlErr
             (Some(j), Some(p)) => json_extract(&j, &p)?,
             _ => Value::Null,
         },
-        Func::NowMs => Value::Integer(now_ms),
+        Func::NowMs => {
+            return Err(SqlError::Type { message: "internal error: now_ms() reached call()".into(), pos: None });
+        }
         Func::Typeof => Value::Text(
             match arg(0) {
                 Value::Null => "null",
@@ -196,12 +200,12 @@ pub(crate) fn call(f: Func, args: &[Value], now_ms: i64) -> Result<Value, SqlErr
             .into(),
         ),
         Func::Min | Func::Max => {
-            if args.iter().any(Value::is_null) {
+            if args.iter().any(|v| v.is_null()) {
                 return Ok(Value::Null);
             }
             // SQLite's min() keeps the later of equal values, max() the earlier.
             let mut best = arg(0);
-            for v in args.iter().skip(1) {
+            for v in args.iter().skip(1).map(|v| &**v) {
                 let o = v.sort_cmp(best);
                 if (f == Func::Min && o != Ordering::Greater) || (f == Func::Max && o == Ordering::Greater) {
                     best = v;
@@ -511,15 +515,19 @@ mod tests {
     #[test]
     fn string_functions() {
         let i = Value::Integer;
-        assert_eq!(call(Func::Substr, &[t("hello"), i(2), i(3)], 0).unwrap(), t("ell"));
-        assert_eq!(call(Func::Substr, &[t("hello"), i(-3)], 0).unwrap(), t("llo"));
-        assert_eq!(call(Func::Substr, &[t("hello"), i(0), i(2)], 0).unwrap(), t("h"));
-        assert_eq!(call(Func::Substr, &[t("hello"), i(3), i(-2)], 0).unwrap(), t("he"));
-        assert_eq!(call(Func::Instr, &[t("héllo"), t("l")], 0).unwrap(), i(3));
-        assert_eq!(call(Func::Trim, &[t("xxhixx"), t("x")], 0).unwrap(), t("hi"));
-        assert_eq!(call(Func::Length, &[Value::Real(1.5)], 0).unwrap(), i(3));
-        assert_eq!(call(Func::Replace, &[t("aaa"), t(""), t("b")], 0).unwrap(), t("aaa"));
-        assert!(call(Func::Abs, &[i(i64::MIN)], 0).is_err());
+        let call = |f: Func, args: &[Value]| -> Result<Value, SqlError> {
+            let args: Vec<Cow<'_, Value>> = args.iter().map(Cow::Borrowed).collect();
+            super::call(f, &args)
+        };
+        assert_eq!(call(Func::Substr, &[t("hello"), i(2), i(3)]).unwrap(), t("ell"));
+        assert_eq!(call(Func::Substr, &[t("hello"), i(-3)]).unwrap(), t("llo"));
+        assert_eq!(call(Func::Substr, &[t("hello"), i(0), i(2)]).unwrap(), t("h"));
+        assert_eq!(call(Func::Substr, &[t("hello"), i(3), i(-2)]).unwrap(), t("he"));
+        assert_eq!(call(Func::Instr, &[t("héllo"), t("l")]).unwrap(), i(3));
+        assert_eq!(call(Func::Trim, &[t("xxhixx"), t("x")]).unwrap(), t("hi"));
+        assert_eq!(call(Func::Length, &[Value::Real(1.5)]).unwrap(), i(3));
+        assert_eq!(call(Func::Replace, &[t("aaa"), t(""), t("b")]).unwrap(), t("aaa"));
+        assert!(call(Func::Abs, &[i(i64::MIN)]).is_err());
     }
 
     #[test]

@@ -8,19 +8,31 @@ use std::collections::HashMap;
 
 use super::{RowRef, Table, TableProvider, Value};
 
-/// Index key: values that are `=` in SQL for an indexed column's affinity
-/// (integers for INTEGER columns, text for TEXT columns).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Int(i64),
-    Text(String),
+/// One column's index: row positions by value. Only values that can equal
+/// an indexed column's values under its affinity are keys (integers for
+/// INTEGER columns, text for TEXT columns); text is looked up borrowed.
+#[derive(Debug, Default, Clone)]
+struct Index {
+    ints: HashMap<i64, Vec<usize>>,
+    texts: HashMap<String, Vec<usize>>,
 }
 
-fn key(v: &Value) -> Option<Key> {
-    match v {
-        Value::Integer(i) => Some(Key::Int(*i)),
-        Value::Text(s) => Some(Key::Text(s.clone())),
-        _ => None,
+impl Index {
+    fn add(&mut self, v: &Value, pos: usize) {
+        match v {
+            Value::Integer(i) => self.ints.entry(*i).or_default().push(pos),
+            Value::Text(s) => self.texts.entry(s.clone()).or_default().push(pos),
+            _ => {}
+        }
+    }
+
+    fn get(&self, v: &Value) -> &[usize] {
+        let hits = match v {
+            Value::Integer(i) => self.ints.get(i),
+            Value::Text(s) => self.texts.get(s.as_str()),
+            _ => None,
+        };
+        hits.map_or(&[], Vec::as_slice)
     }
 }
 
@@ -28,8 +40,8 @@ fn key(v: &Value) -> Option<Key> {
 #[derive(Debug, Default, Clone)]
 pub struct MemTables {
     rows: HashMap<Table, Vec<Vec<Value>>>,
-    /// (table, column) -> key -> row positions.
-    index: HashMap<(Table, usize), HashMap<Key, Vec<usize>>>,
+    /// (table, column) -> value -> row positions.
+    index: HashMap<(Table, usize), Index>,
 }
 
 impl MemTables {
@@ -46,8 +58,8 @@ impl MemTables {
             if !col.indexed {
                 continue;
             }
-            if let Some(k) = row.get(ci).and_then(key) {
-                self.index.entry((table, ci)).or_default().entry(k).or_default().push(pos);
+            if let Some(v) = row.get(ci) {
+                self.index.entry((table, ci)).or_default().add(v, pos);
             }
         }
         rows.push(row);
@@ -80,10 +92,7 @@ impl TableProvider for MemTables {
             return None;
         }
         let rows = self.rows(table);
-        let hits = match (idx, key(k)) {
-            (Some(idx), Some(k)) => idx.get(&k).map(Vec::as_slice).unwrap_or(&[]),
-            _ => &[],
-        };
+        let hits = idx.map_or(&[][..], |idx| idx.get(k));
         Some(hits.iter().filter_map(|&i| rows.get(i)).map(|r| Cow::Borrowed(r.as_slice())).collect())
     }
 

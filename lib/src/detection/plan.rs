@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::Table;
 use super::Value;
 use super::functions::{AggFunc, Func};
+use super::like::Pattern;
 use super::ops::{Aff, Arith, CastTo, Conv};
 
 /// The most sources (tables, CTEs, joins) one SELECT may read; the executor
@@ -26,6 +27,14 @@ pub(crate) struct Plan {
     /// Named parameters (without their `:`/`@`/`$` prefix), in slot order
     /// after the positional ones.
     pub named: Vec<String>,
+    /// The top-level SELECT's output names, shared by every result (an
+    /// evaluation hands out this `Arc`, never a copy of the names).
+    pub columns: Arc<[String]>,
+    /// A streaming query whose event conditions (`root.sources[0].filter`)
+    /// alone can reject an event: no aggregate (which answers even over no
+    /// rows) and no LIMIT/OFFSET (`LIMIT 0` evaluates nothing). Checked
+    /// before anything else runs.
+    pub prefilter: bool,
 }
 
 /// One SELECT.
@@ -33,8 +42,11 @@ pub(crate) struct Plan {
 pub(crate) struct SelectPlan {
     /// FROM and its joins, in order; empty for `SELECT 1`.
     pub sources: Vec<Source>,
-    /// WHERE.
-    pub filter: Option<Expr>,
+    /// The WHERE conjuncts left after the others were pushed down to the
+    /// sources (`Source::filter`): those with subqueries, or all of them
+    /// when there is no FROM. Like SQLite, a row stops at the first
+    /// conjunct that is not true (later ones are not evaluated).
+    pub filter: Vec<Expr>,
     /// GROUP BY expressions.
     pub group_by: Vec<Expr>,
     /// Aggregate calls referenced by `Expr::Agg(i)`.
@@ -72,6 +84,10 @@ pub(crate) struct Source {
     pub on: Option<Expr>,
     /// An indexed equality to look rows up by instead of scanning.
     pub lookup: Option<Lookup>,
+    /// The WHERE conjuncts that read nothing after this source, checked as
+    /// soon as its row is joined (after ON): a streaming rule's conditions
+    /// on the event run before any join lookup.
+    pub filter: Vec<Expr>,
 }
 
 /// Where a source's rows come from.
@@ -181,16 +197,18 @@ pub(crate) enum Expr {
     Or(Box<Expr>, Box<Expr>),
     /// `IS [NOT] NULL`.
     IsNull { e: Box<Expr>, negated: bool },
-    /// LIKE.
-    Like { e: Box<Expr>, pat: Box<Expr>, esc: Option<Box<Expr>>, negated: bool },
-    /// GLOB.
-    Glob { e: Box<Expr>, pat: Box<Expr>, negated: bool },
+    /// LIKE; `compiled` when the pattern (and escape) are literals.
+    Like { e: Box<Expr>, pat: Box<Expr>, esc: Option<Box<Expr>>, negated: bool, compiled: Option<Box<Pattern>> },
+    /// GLOB; `compiled` when the pattern is a literal.
+    Glob { e: Box<Expr>, pat: Box<Expr>, negated: bool, compiled: Option<Box<Pattern>> },
     /// REGEXP; `compiled` when the pattern is a literal.
     Regexp { e: Box<Expr>, pat: Box<Expr>, negated: bool, compiled: Option<Arc<regex::Regex>> },
     /// BETWEEN.
     Between { e: Box<Expr>, lo: Box<Expr>, hi: Box<Expr>, negated: bool, conv_lo: Conv, conv_hi: Conv },
-    /// `IN (list)`; one conversion per item.
-    InList { e: Box<Expr>, list: Vec<(Expr, Conv)>, negated: bool },
+    /// `IN (list)`; one conversion per item. `texts`: when every item is a
+    /// text literal compared without numeric conversion, the items sorted
+    /// by bytes, for a binary search when the value is text.
+    InList { e: Box<Expr>, list: Vec<(Expr, Conv)>, negated: bool, texts: Option<Box<[Box<str>]>> },
     /// `IN (subquery)`.
     InSub { e: Box<Expr>, sub: Box<Sub>, negated: bool, conv: Conv },
     /// `[NOT] EXISTS (subquery)`.
@@ -208,6 +226,88 @@ pub(crate) enum Expr {
 }
 
 impl Expr {
+    /// The last source of this level the expression reads (0 when it reads
+    /// none); `None` when it holds a subquery or an aggregate, which are
+    /// evaluated on the whole joined row only.
+    pub(crate) fn last_source(&self) -> Option<usize> {
+        let mut last = 0;
+        let mut ok = true;
+        self.walk(&mut |e| match e {
+            Expr::Col { up: 0, src, .. } => last = last.max(*src),
+            Expr::InSub { .. } | Expr::Exists { .. } | Expr::Scalar(_) | Expr::Agg(_) => ok = false,
+            _ => {}
+        });
+        ok.then_some(last)
+    }
+
+    /// Calls `f` on this expression and every expression under it (not
+    /// inside subqueries).
+    fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Col { .. }
+            | Expr::Lit(_)
+            | Expr::Param(_)
+            | Expr::NamedParam(_)
+            | Expr::Agg(_)
+            | Expr::Exists { .. }
+            | Expr::Scalar(_) => {}
+            Expr::IsBool { e, .. }
+            | Expr::Neg(e)
+            | Expr::Plus(e)
+            | Expr::Not(e)
+            | Expr::IsNull { e, .. }
+            | Expr::Cast(e, _)
+            | Expr::InSub { e, .. } => e.walk(f),
+            Expr::Arith(_, a, b)
+            | Expr::Concat(a, b)
+            | Expr::And(a, b)
+            | Expr::Or(a, b)
+            | Expr::Cmp { l: a, r: b, .. }
+            | Expr::Is { l: a, r: b, .. }
+            | Expr::Glob { e: a, pat: b, .. }
+            | Expr::Regexp { e: a, pat: b, .. } => {
+                a.walk(f);
+                b.walk(f);
+            }
+            Expr::Like { e, pat, esc, .. } => {
+                e.walk(f);
+                pat.walk(f);
+                if let Some(x) = esc {
+                    x.walk(f);
+                }
+            }
+            Expr::Between { e, lo, hi, .. } => {
+                e.walk(f);
+                lo.walk(f);
+                hi.walk(f);
+            }
+            Expr::InList { e, list, .. } => {
+                e.walk(f);
+                for (x, _) in list {
+                    x.walk(f);
+                }
+            }
+            Expr::Case { operand, whens, else_ } => {
+                if let Some(o) = operand {
+                    o.walk(f);
+                }
+                for (c, r, _) in whens {
+                    c.walk(f);
+                    r.walk(f);
+                }
+                if let Some(x) = else_ {
+                    x.walk(f);
+                }
+            }
+            Expr::Func(_, args) => {
+                for a in args {
+                    a.walk(f);
+                }
+            }
+        }
+    }
+
     /// Whether the expression reads only sources before `src` of this
     /// level (plus outer levels, parameters and literals) and contains no
     /// subquery or aggregate: usable as an index lookup key.

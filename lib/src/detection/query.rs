@@ -19,19 +19,25 @@ pub struct Query {
 
 /// Values for a query's parameters: `?`/`?N` by position (0-based here,
 /// `?1` is `positional[0]`), `:name`/`@name`/`$name` by name (with or
-/// without the prefix).
+/// without the prefix); and the time `now_ms()` returns.
 #[derive(Debug, Default, Clone)]
 pub struct Params {
     /// Positional values.
     pub positional: Vec<Value>,
     /// Named values.
     pub named: HashMap<String, Value>,
+    /// What `now_ms()` returns (Unix milliseconds), e.g. the recorded time
+    /// in a replay; `None` reads the wall clock, once per execution and
+    /// only when the query calls `now_ms()`.
+    pub now_ms: Option<i64>,
 }
 
 /// Bounds on one execution.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Wall-clock bound, checked every few hundred rows.
+    /// Wall-clock bound, checked every 256 rows visited (the clock starts
+    /// at the first check, so an evaluation that visits fewer rows, such as
+    /// a streaming rule on one event, never reads it).
     pub timeout: Duration,
     /// Most rows returned (the result is cut and marked `truncated`);
     /// a subquery or CTE past it is an error.
@@ -57,8 +63,9 @@ impl Default for Limits {
 /// The rows a query returned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultSet {
-    /// Output column names.
-    pub columns: Vec<String>,
+    /// Output column names, shared with the compiled query (cloning the
+    /// `Arc` is all an evaluation costs for them).
+    pub columns: Arc<[String]>,
     /// Rows, each as long as `columns`.
     pub rows: Vec<Vec<Value>>,
     /// More rows existed than `Limits::max_rows`.
@@ -84,7 +91,7 @@ impl Query {
     /// Output column names (aliases honoured; `p.name` is `name`;
     /// expressions are named by their text).
     pub fn columns(&self) -> &[String] {
-        &self.plan.root.columns
+        &self.plan.columns
     }
 
     /// Whether the top-level FROM is `process_events`: a streaming rule,
@@ -132,9 +139,14 @@ impl Query {
         limits: &Limits,
     ) -> Result<ResultSet, SqlError> {
         let (positional, named) = self.bind_params(params)?;
-        let ctx = Ctx::new(&self.plan, tables, event, &positional, &named, limits);
+        let ctx = Ctx::new(&self.plan, tables, event, &positional, &named, limits, params.now_ms);
+        if let Some(ev) = event
+            && ctx.event_rejected(ev)?
+        {
+            return Ok(ResultSet { columns: Arc::clone(&self.plan.columns), rows: Vec::new(), truncated: false });
+        }
         let (rows, truncated) = ctx.run_root()?;
-        Ok(ResultSet { columns: self.plan.root.columns.clone(), rows, truncated })
+        Ok(ResultSet { columns: Arc::clone(&self.plan.columns), rows, truncated })
     }
 
     fn bind_params(&self, params: &Params) -> Result<(Vec<Value>, Vec<Value>), SqlError> {

@@ -53,7 +53,11 @@ const fn idx(name: &'static str, affinity: Affinity) -> Column {
 use Affinity::{Integer as I, Real as R, Text as T};
 
 /// Process columns shared by `processes` and `process_events`, in row order.
-const PROCESS_COLUMNS: [Column; 26] = [
+/// New columns are appended, so existing positions stay valid. The platform
+/// identity columns are NULL where the backend does not observe them:
+/// `signing_id` … `responsible_pid` on macOS (EndpointSecurity),
+/// `session_id` … `token_elevated` on Windows (ETW and the process token).
+const PROCESS_COLUMNS: [Column; 36] = [
     idx("pid", I),
     col("ppid", I),
     idx("process_key", T),
@@ -80,6 +84,16 @@ const PROCESS_COLUMNS: [Column; 26] = [
     col("accessible", I),
     col("cpu_usage", R),
     col("memory_usage", I),
+    col("signing_id", T),
+    col("team_id", T),
+    col("cdhash", T),
+    col("platform_binary", I),
+    col("responsible_pid", I),
+    col("session_id", I),
+    col("user_sid", T),
+    col("token_elevation_type", T),
+    col("token_elevated", I),
+    col("argv_truncated", I),
 ];
 
 /// `processes`: the process columns, then `is_alive`, `source`, `last_seq`.
@@ -180,6 +194,16 @@ fn push_process_columns(row: &mut Vec<Value>, r: &ProcessRecord) {
         r.accessible.into(),
         r.cpu_usage.into(),
         r.memory_usage.map(|m| i64::try_from(m).unwrap_or(i64::MAX)).into(),
+        r.signing_id.clone().into(),
+        r.team_id.clone().into(),
+        r.cdhash.clone().into(),
+        r.platform_binary.into(),
+        r.responsible_pid.map(i64::from).into(),
+        r.session_id.map(i64::from).into(),
+        r.user_sid.clone().into(),
+        r.token_elevation_type.clone().into(),
+        r.token_elevated.into(),
+        r.argv.as_ref().map(|a| a.truncated).into(),
     ]);
 }
 
@@ -275,5 +299,53 @@ mod tests {
         assert_eq!(row[at("source")], Value::Text("ebpf".into()));
         assert_eq!(row[at("pid")], Value::Integer(5));
         assert_eq!(alert_row(&Alert::default()).len(), Table::Alerts.columns().len());
+    }
+
+    #[test]
+    fn platform_identity_and_argv_truncation_columns() {
+        let rec = ProcessRecord {
+            pid: 812,
+            process_key: "k".into(),
+            argv: Some(Argv { args: vec!["a".into()], truncated: true }),
+            signing_id: Some("com.apple.ls".into()),
+            team_id: Some("EQHXZ8M8AV".into()),
+            cdhash: Some("0123abcd".into()),
+            platform_binary: Some(true),
+            responsible_pid: Some(77),
+            session_id: Some(1),
+            user_sid: Some("S-1-5-21-1-2-3-1001".into()),
+            token_elevation_type: Some("limited".into()),
+            token_elevated: Some(false),
+            ..Default::default()
+        };
+        let expected = [
+            ("signing_id", Value::Text("com.apple.ls".into())),
+            ("team_id", Value::Text("EQHXZ8M8AV".into())),
+            ("cdhash", Value::Text("0123abcd".into())),
+            ("platform_binary", Value::Integer(1)),
+            ("responsible_pid", Value::Integer(77)),
+            ("session_id", Value::Integer(1)),
+            ("user_sid", Value::Text("S-1-5-21-1-2-3-1001".into())),
+            ("token_elevation_type", Value::Text("limited".into())),
+            ("token_elevated", Value::Integer(0)),
+            ("argv_truncated", Value::Integer(1)),
+        ];
+        let st = ProcessState { record: Some(rec.clone()), is_alive: true, source: 3, last_seq: 9 };
+        let ev = ProcessEvent { seq: 1, event_type: EventType::Exec as i32, process: Some(rec), ..Default::default() };
+        for (table, row) in [(Table::Processes, process_row(&st)), (Table::ProcessEvents, event_row(&ev, None))] {
+            assert_eq!(row.len(), table.columns().len());
+            for (name, value) in &expected {
+                assert_eq!(&row[table.column_index(name).unwrap()], value, "{} {name}", table.name());
+            }
+        }
+        // Appended after the original 26 process columns: old positions hold.
+        assert_eq!(Table::Processes.column_index("memory_usage"), Some(25));
+        assert_eq!(Table::Processes.column_index("signing_id"), Some(26));
+        assert_eq!(Table::ProcessEvents.column_index("pid"), Some(4));
+        // Unknown on other platforms, and no argv at all: NULL, not false.
+        let bare = process_row(&ProcessState { record: Some(ProcessRecord::default()), ..Default::default() });
+        for (name, _) in &expected {
+            assert_eq!(bare[Table::Processes.column_index(name).unwrap()], Value::Null, "{name}");
+        }
     }
 }

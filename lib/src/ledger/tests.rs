@@ -13,6 +13,7 @@ pub(super) fn config(segment_size: u64, checkpoint_every: u64) -> LedgerConfig {
         segment_size: ByteSize::b(segment_size),
         commit_batch: 16,
         commit_interval: Duration::from_millis(5),
+        sync_interval: Duration::ZERO,
         checkpoint_every,
         checkpoint_interval: Duration::from_secs(3600),
     }
@@ -362,4 +363,24 @@ fn progress_is_reported_and_empty_dirs_are_errors() {
     assert!(matches!(LedgerReader::open(empty.path()), Err(LedgerError::Empty { .. })));
     let err = verify(empty.path(), None, &mut no_progress()).unwrap_err();
     assert!(matches!(err, LedgerError::NoPublicKey { .. }), "{err}");
+}
+
+#[test]
+fn committed_records_are_readable_before_their_deferred_sync() {
+    // With a long sync interval, commit still writes: a reader (the agent,
+    // the CLI) sees every committed record, and a restart of the writer
+    // (procmond crashing) finds them all.
+    let f = fixture();
+    let mut cfg = config(1 << 20, 1_000_000);
+    cfg.sync_interval = Duration::from_secs(3600);
+    let (mut w, _) = LedgerWriter::open(&f.dir, &f.keys, &cfg).unwrap();
+    for _ in 0..40 {
+        w.append_with(RecordKind::Event, 1_000, payload).unwrap();
+    }
+    w.commit().unwrap();
+    assert_eq!(read_all(&f.dir).len(), 40);
+    drop(w);
+    let (w, report) = LedgerWriter::open(&f.dir, &f.keys, &cfg).unwrap();
+    assert_eq!(report.last_seq, 40);
+    assert_eq!(w.head().0, 40);
 }

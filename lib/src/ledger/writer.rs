@@ -23,10 +23,15 @@ const FLUSH_AT: usize = 4 * 1024 * 1024;
 
 /// The ledger's only writer (procmond).
 ///
-/// Appends are buffered; they are durable once [`commit`](Self::commit)
-/// returns. Call `commit` when [`commit_due`](Self::commit_due) says so (the
-/// configured `commit_batch` records pending or `commit_interval` elapsed),
-/// and before publishing the events it covers: the ledger is the WAL.
+/// Appends are buffered; once [`commit`](Self::commit) returns they are
+/// written to the segment file (every reader sees them, a crash of the
+/// process loses nothing), and durable — fdatasync'ed — at most
+/// `sync_interval` later (at once when it is zero, and always at a
+/// checkpoint, a rotation and close). Call `commit` when
+/// [`commit_due`](Self::commit_due) says so (the configured `commit_batch`
+/// records pending or `commit_interval` elapsed), before publishing the
+/// events it covers, and periodically while idle so a late sync happens:
+/// the ledger is the WAL.
 pub struct LedgerWriter {
     dir: PathBuf,
     key: SigningKey,
@@ -34,6 +39,7 @@ pub struct LedgerWriter {
     segment_size: u64,
     commit_batch: usize,
     commit_interval: Duration,
+    sync_interval: Duration,
     checkpoint_every: u64,
     checkpoint_interval: Duration,
     /// Held for the writer's lifetime: the OS releases the lock on close.
@@ -50,6 +56,7 @@ pub struct LedgerWriter {
     pending_since: Option<Instant>,
     /// Bytes written to `file` since the last fdatasync.
     dirty: bool,
+    last_sync: Instant,
     since_checkpoint: u64,
     last_checkpoint_at: Instant,
     /// Set when a write or sync failed: the file's state is unknown, so
@@ -116,6 +123,7 @@ impl LedgerWriter {
             segment_size: config.segment_size.as_u64(),
             commit_batch: config.commit_batch.max(1),
             commit_interval: config.commit_interval,
+            sync_interval: config.sync_interval,
             checkpoint_every: config.checkpoint_every.max(1),
             checkpoint_interval: config.checkpoint_interval,
             _lock: lock,
@@ -128,6 +136,7 @@ impl LedgerWriter {
             pending: Vec::with_capacity(256 * 1024),
             pending_records: 0,
             pending_since: None,
+            last_sync: Instant::now(),
             dirty: false,
             since_checkpoint: tail.since_checkpoint,
             last_checkpoint_at: Instant::now(),
@@ -173,13 +182,17 @@ impl LedgerWriter {
     /// makes them durable with one fdatasync.
     pub fn commit(&mut self) -> Result<(), LedgerError> {
         self.check_poisoned()?;
-        if self.since_checkpoint > 0
-            && (self.since_checkpoint >= self.checkpoint_every
-                || self.last_checkpoint_at.elapsed() >= self.checkpoint_interval)
-        {
+        if self.checkpoint_due() {
             self.push_checkpoint()?;
+            return self.sync();
         }
-        self.sync()
+        self.write_pending()?;
+        self.pending_records = 0;
+        self.pending_since = None;
+        if self.dirty && self.last_sync.elapsed() >= self.sync_interval {
+            self.sync()?;
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint now (unless the last record is one) and commits.
@@ -208,6 +221,25 @@ impl LedgerWriter {
     /// caller's timer); `None` when nothing is pending.
     pub fn commit_deadline(&self) -> Option<Instant> {
         self.pending_since.map(|t| t + self.commit_interval)
+    }
+
+    /// True when the next [`commit`](Self::commit) may block on the disk
+    /// (an fdatasync or a checkpoint is due); otherwise it only writes to
+    /// the page cache, which async callers can do in place.
+    pub fn commit_may_block(&self) -> bool {
+        self.checkpoint_due() || self.last_sync.elapsed() >= self.sync_interval
+    }
+
+    /// True when a commit with nothing new appended has work: a deferred
+    /// sync or a time-based checkpoint (call it from an idle timer).
+    pub fn idle_commit_due(&self) -> bool {
+        self.checkpoint_due() || (self.dirty && self.last_sync.elapsed() >= self.sync_interval)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint > 0
+            && (self.since_checkpoint >= self.checkpoint_every
+                || self.last_checkpoint_at.elapsed() >= self.checkpoint_interval)
     }
 
     /// Records appended but not yet committed.
@@ -305,6 +337,7 @@ impl LedgerWriter {
                 return Err(LedgerError::io("fdatasync", &self.seg_path, e));
             }
             self.dirty = false;
+            self.last_sync = Instant::now();
         }
         self.pending_records = 0;
         self.pending_since = None;

@@ -41,6 +41,7 @@ fn write(dir: &Path, keys: &Path, events: &[(i64, ProcessEvent)]) -> i64 {
         segment_size: ByteSize::kib(1),
         commit_batch: 4,
         commit_interval: Duration::from_millis(5),
+        sync_interval: Duration::ZERO,
         checkpoint_every: 3,
         checkpoint_interval: Duration::from_secs(3600),
     };

@@ -74,7 +74,7 @@ fn err(sql: &str) -> String {
 #[test]
 fn projections_and_names() {
     let r = q("SELECT pid, p.name, pid + 1 AS next, upper(name) FROM processes p WHERE pid = 200");
-    assert_eq!(r.columns, vec!["pid", "name", "next", "upper(name)"]);
+    assert_eq!(&*r.columns, ["pid", "name", "next", "upper(name)"]);
     assert_eq!(r.rows, vec![vec![i(200), t("sh"), i(201), t("SH")]]);
     assert_eq!(q("SELECT * FROM alerts").columns.len(), Table::Alerts.columns().len());
     assert_eq!(rows("SELECT 1 + 2 * 3, 7 / 2, 7 % 3, 'a' || 1 || NULL"), vec![vec![i(7), i(3), i(1), Value::Null]]);
@@ -159,6 +159,54 @@ fn joins_and_streaming() {
     let ev2 = row(Table::ProcessEvents, &[("event_type", t("exec")), ("name", t("sh")), ("parent_key", t("k1"))]);
     assert!(qy.evaluate_event(&ev2, &m, &Params::default(), &Limits::default()).unwrap().rows.is_empty());
     assert!(qy.evaluate_event(&[], &m, &Params::default(), &Limits::default()).is_err());
+}
+
+/// WHERE conditions checked early (on the event before any join, on a
+/// source as soon as it is joined) give the results of checking them on
+/// the whole row: aggregates still answer over no rows, LIMIT 0 evaluates
+/// nothing, LEFT JOIN NULL rows are filtered like matched ones, and the
+/// result's column names are shared with the query.
+#[test]
+fn early_conditions_keep_results() {
+    let m = fixture();
+    let p = Params::default();
+    let l = Limits::default();
+    let benign = row(Table::ProcessEvents, &[("event_type", t("exec")), ("name", t("ls")), ("parent_key", t("k1"))]);
+    let eval = |sql: &str| Query::compile(sql).unwrap().evaluate_event(&benign, &m, &p, &l).unwrap().rows;
+    assert_eq!(eval("SELECT count(*) FROM process_events WHERE name = 'xmrig'"), vec![vec![i(0)]]);
+    assert!(eval("SELECT name FROM process_events WHERE name = 'xmrig'").is_empty());
+    assert_eq!(eval("SELECT name FROM process_events WHERE event_type = 'exec'"), vec![vec![t("ls")]]);
+    // The conjunct that would fail is never reached under LIMIT 0.
+    assert!(eval("SELECT name FROM process_events WHERE abs(-9223372036854775808) > 0 LIMIT 0").is_empty());
+    let orphan = "SELECT e.name, p.name FROM process_events e LEFT JOIN processes p ON p.process_key = e.ppid \
+                  WHERE e.event_type = 'exec' AND p.name IS NULL";
+    assert_eq!(eval(orphan), vec![vec![t("ls"), Value::Null]]);
+    let parent = "SELECT e.name, p.name FROM process_events e LEFT JOIN processes p ON p.process_key = e.parent_key \
+                  WHERE p.name IS NULL";
+    assert!(eval(parent).is_empty());
+    // A WHERE term that is NULL stops the row like a false one: the later
+    // term (which would fail) is not evaluated, as in SQLite.
+    assert!(eval("SELECT name FROM process_events WHERE uid = 0 AND abs(-9223372036854775808) > 0").is_empty());
+
+    let q = Query::compile("SELECT name AS n, pid FROM process_events WHERE event_type = 'exec'").unwrap();
+    let a = q.evaluate_event(&benign, &m, &p, &l).unwrap();
+    let b = q.evaluate_event(&benign, &m, &p, &l).unwrap();
+    assert_eq!(&*a.columns, ["n", "pid"]);
+    assert!(std::sync::Arc::ptr_eq(&a.columns, &b.columns));
+}
+
+/// `now_ms()` is the caller's time when given (a replay's recorded time),
+/// the wall clock otherwise.
+#[test]
+fn now_ms_from_params_or_clock() {
+    let m = fixture();
+    let q = Query::compile("SELECT now_ms()").unwrap();
+    let fixed = Params { now_ms: Some(1_234), ..Params::default() };
+    assert_eq!(q.execute(&m, &fixed, &Limits::default()).unwrap().rows, vec![vec![i(1_234)]]);
+    let Value::Integer(now) = q.execute(&m, &Params::default(), &Limits::default()).unwrap().rows[0][0] else {
+        panic!("now_ms() is not an integer");
+    };
+    assert!(now > 1_600_000_000_000, "now_ms() = {now}");
 }
 
 #[test]

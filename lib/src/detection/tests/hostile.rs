@@ -210,7 +210,7 @@ proptest! {
         let sql: String = parts.concat();
         if let Ok(q) = Query::compile(&sql) {
             let m = super::engine::fixture();
-            let p = Params { positional: vec![Value::Integer(1); q.param_count()], named: q.param_names().into_iter().map(|n| (n, Value::Integer(1))).collect() };
+            let p = Params { positional: vec![Value::Integer(1); q.param_count()], named: q.param_names().into_iter().map(|n| (n, Value::Integer(1))).collect(), now_ms: None };
             let _ = q.execute(&m, &p, &Limits::default());
         }
     }

@@ -3,4 +3,5 @@
 
 mod differential;
 mod engine;
+mod grammar;
 mod hostile;

@@ -312,9 +312,11 @@ impl EbpfSource {
             match decode(&self.ctx, &item) {
                 Ok(d) if d.is_thread && !self.thread_forks => {}
                 Ok(mut d) => {
-                    // Exec records carry the cgroup id; rows want its path.
+                    // Exec records carry the cgroup id; rows want its path,
+                    // and the container id read from it as /proc does.
                     if let (Some(id), Some(p)) = (d.cgroup_id, d.event.process.as_mut()) {
                         p.cgroup = self.cgroups.resolve(id);
+                        p.container_id = p.cgroup.as_deref().and_then(crate::procfs::container_id_of_cgroup_path);
                     }
                     out.push(d.event);
                 }

@@ -87,6 +87,15 @@ fn skipped_message_numbers_are_counted_per_cpu() {
 fn a_live_exec_is_enriched_from_proc() {
     let child = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
     let pid = child.0.id();
+    // spawn returns once exec has begun; under load the new image's argv
+    // can appear in /proc a moment later, as it would for the connector.
+    let cmdline = format!("/proc/{pid}/cmdline");
+    for _ in 0..500 {
+        if std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep\0")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut t = translator();
     let ev = one(&mut t, &exec(pid)).unwrap();
     assert_eq!(ev.event_type(), EventType::Exec);

@@ -13,6 +13,13 @@
 //! `/proc`.
 
 mod parse;
+
+/// The container id (64 hex digits) named by a cgroup v2 path such as
+/// `/system.slice/docker-<id>.scope`, by the same rules as for
+/// `/proc/<pid>/cgroup` (docker, containerd, CRI-O, podman, Kubernetes).
+pub(crate) fn container_id_of_cgroup_path(path: &str) -> Option<String> {
+    parse::container_id(&format!("0::{path}\n"))
+}
 #[cfg(test)]
 mod tests;
 

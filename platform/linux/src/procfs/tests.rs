@@ -282,3 +282,13 @@ fn fake_tree_without_btime_is_an_error() {
     assert!(r.snapshot().is_empty());
     assert!(matches!(r.try_snapshot(), Err(ProcfsError::Io { .. })));
 }
+
+#[test]
+fn container_id_from_a_cgroup_path_as_ebpf_resolves_it() {
+    // eBPF exec events carry a cgroup id that resolves to a path, not a
+    // /proc/<pid>/cgroup file: the same rules must apply to it.
+    assert_eq!(container_id_of_cgroup_path(&format!("/system.slice/docker-{CID}.scope")).as_deref(), Some(CID));
+    assert_eq!(container_id_of_cgroup_path(&format!("/kubepods/burstable/pod1/{CID}")).as_deref(), Some(CID));
+    assert_eq!(container_id_of_cgroup_path(&format!("/machine.slice/libpod-conmon-{CID}.scope")), None);
+    assert_eq!(container_id_of_cgroup_path("/user.slice/user-0.slice/session-1.scope"), None);
+}
