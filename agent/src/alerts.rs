@@ -37,12 +37,20 @@ struct Seen {
     alert: Alert,
 }
 
+/// How many new alerts a slow `alerts watch` may fall behind before it
+/// misses some (it then reads them back from the store).
+const FEED_CAPACITY: usize = 1024;
+
 /// Dedupes, stores and delivers alerts.
 pub struct AlertManager {
     store: Arc<Store>,
     window: Duration,
     delivery: Arc<Delivery>,
     recent: HashMap<String, Seen>,
+    /// Every new alert, once stored (`WatchAlerts`).
+    feed: tokio::sync::broadcast::Sender<Alert>,
+    /// New alerts per rule since start (metrics).
+    per_rule: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for AlertManager {
@@ -62,7 +70,23 @@ impl AlertManager {
             .filter(|a| a.last_seen_ms >= horizon)
             .map(|a| (a.dedupe_key.clone(), Seen { alert: a }))
             .collect();
-        Ok(Self { store, window, delivery, recent })
+        let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
+        Ok(Self { store, window, delivery, recent, feed, per_rule: HashMap::new() })
+    }
+
+    /// A receiver of every new alert from now on, sent once it is stored.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Alert> {
+        self.feed.subscribe()
+    }
+
+    /// The sinks (names, metrics).
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// New alerts per rule id since the agent started.
+    pub fn raised_per_rule(&self) -> &HashMap<String, u64> {
+        &self.per_rule
     }
 
     /// Records a match. Returns the alert when it is new (stored and queued for every sink),
@@ -100,6 +124,9 @@ impl AlertManager {
         };
         self.store.put_alert_for_delivery(&alert, self.delivery.sink_names())?;
         self.delivery.enqueue(&alert);
+        *self.per_rule.entry(alert.rule_id.clone()).or_default() += 1;
+        // No receiver (nobody watching) is not an error.
+        let _ = self.feed.send(alert.clone());
         self.recent.insert(dedupe_key, Seen { alert: alert.clone() });
         Ok(Some(alert))
     }

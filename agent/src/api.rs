@@ -1,21 +1,22 @@
-//! The agent's gRPC API (`proto/agent.proto`) on a Unix socket.
+//! The agent's gRPC API (`proto/agent.proto`) on a Unix socket (a named pipe
+//! on Windows), through the event bus's transport layer.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
+use daemoneye_eventbus::transport::{self, BindOptions, Listener};
 use daemoneye_lib::detection::{Params, Query, Value};
 use daemoneye_lib::proto::agent_api_server::{AgentApi, AgentApiServer};
-use daemoneye_lib::proto::{
-    ComponentHealth, HealthRequest, HealthResponse, HealthStatus, ListAlertsRequest, ListAlertsResponse, QueryRequest,
-    QueryResponse, SqlRow, SqlValue, sql_value,
-};
 use daemoneye_lib::proto::{DetectionResult, RunTaskRequest, WatchProcessTreeRequest};
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use daemoneye_lib::proto::{
+    GetAlertRequest, GetAlertResponse, HealthRequest, HealthResponse, ListAlertsRequest, ListAlertsResponse,
+    MetricsRequest, MetricsResponse, QueryRequest, QueryResponse, RuleInfo, SetRuleEnabledRequest, SqlRow, SqlValue,
+    TestRuleRequest, TestRuleResponse, WatchAlertsRequest, sql_value,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::health::HealthSource;
 use crate::pipeline::Shared;
 use crate::table::QueryTables;
 
@@ -23,11 +24,13 @@ use crate::table::QueryTables;
 #[derive(Debug)]
 pub struct Api {
     shared: Arc<Shared>,
-    started_ms: i64,
+    health: HealthSource,
     bus: Option<crate::bus::BusServices>,
+    /// Ends the open streams (`WatchAlerts`) at shutdown.
+    cancel: CancellationToken,
 }
 
-/// Serves the API on `socket` until `cancel`.
+/// Serves the API on `socket` (a pipe name on Windows) until `cancel`.
 /// `bus`: statistics and detection tasks (`None`: those calls answer "unavailable").
 pub async fn serve(
     shared: Arc<Shared>,
@@ -36,31 +39,71 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    if socket.exists() {
-        std::fs::remove_file(socket).with_context(|| format!("removing stale agent socket {}", socket.display()))?;
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding the agent API socket {}", socket.display()))?;
-    set_mode(socket, 0o660)?;
-    let api = Api { shared, started_ms: daemoneye_lib::models::time::now_ms(), bus };
+    use tokio_stream::StreamExt as _;
+    // Bound like the bus: mode 0660 before the socket is reachable, a stale
+    // socket replaced, a live agent's refused; on Windows a pipe for SYSTEM
+    // and Administrators only. Dropping the listener removes the socket.
+    let listener = Listener::bind(socket, &BindOptions { mode: 0o660, gid: None })
+        .await
+        .with_context(|| format!("binding the agent API socket {}", socket.display()))?;
+    let health = HealthSource::new(Arc::clone(&shared), bus.as_ref().map(|b| b.broker.clone()));
+    let api = Api { shared, health, bus, cancel: cancel.clone() };
     tracing::info!(socket = %socket.display(), "agent API listening");
+    let incoming = listener.into_incoming().map(|conn| conn.map(ApiConn));
     tonic::transport::Server::builder()
         .add_service(AgentApiServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await
         .context("agent API server failed")?;
-    let _ = std::fs::remove_file(socket);
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
+/// One API connection as tonic takes it. No connect info: who may connect
+/// is decided by the socket's mode (the pipe's descriptor on Windows).
+struct ApiConn(transport::Stream);
+
+impl tonic::transport::server::Connected for ApiConn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-fn to_sql(v: &Value) -> SqlValue {
+impl tokio::io::AsyncRead for ApiConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ApiConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A SQL value on the wire.
+pub(crate) fn to_sql(v: &Value) -> SqlValue {
     let value = match v {
         Value::Null => sql_value::Value::Null(true),
         Value::Integer(i) => sql_value::Value::Integer(*i),
@@ -82,6 +125,7 @@ fn from_sql(v: &SqlValue) -> Value {
 #[tonic::async_trait]
 impl AgentApi for Api {
     type WatchProcessTreeStream = crate::api_tasks::WatchStream;
+    type WatchAlertsStream = crate::api_alerts::AlertStream;
 
     async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<DetectionResult>, Status> {
         crate::api_tasks::run_task(self.bus.as_ref().map(|b| &b.tasks), request.into_inner()).await
@@ -146,85 +190,42 @@ impl AgentApi for Api {
     }
 
     async fn list_alerts(&self, request: Request<ListAlertsRequest>) -> Result<Response<ListAlertsResponse>, Status> {
-        let req = request.into_inner();
-        let store = Arc::clone(&self.shared.store);
-        let mut alerts = tokio::task::spawn_blocking(move || store.alerts())
-            .await
-            .map_err(|e| Status::internal(format!("alert task failed: {e}")))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if let Some(rule) = &req.rule_id {
-            alerts.retain(|a| &a.rule_id == rule);
-        }
-        if let Some(since) = req.since_ms {
-            alerts.retain(|a| a.alert_time_ms >= since);
-        }
-        if req.limit > 0 {
-            let keep = req.limit as usize;
-            if alerts.len() > keep {
-                alerts.drain(..alerts.len() - keep);
-            }
-        }
-        Ok(Response::new(ListAlertsResponse { alerts }))
+        crate::api_alerts::list(&self.shared, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_alert(&self, request: Request<GetAlertRequest>) -> Result<Response<GetAlertResponse>, Status> {
+        crate::api_alerts::get(&self.shared, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn watch_alerts(
+        &self,
+        request: Request<WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let stream = crate::api_alerts::watch(Arc::clone(&self.shared), request.into_inner(), self.cancel.clone());
+        Ok(Response::new(stream))
+    }
+
+    async fn test_rule(&self, request: Request<TestRuleRequest>) -> Result<Response<TestRuleResponse>, Status> {
+        crate::api_rules::test_rule(Arc::clone(&self.shared), request.into_inner()).await.map(Response::new)
+    }
+
+    async fn set_rule_enabled(&self, request: Request<SetRuleEnabledRequest>) -> Result<Response<RuleInfo>, Status> {
+        crate::api_rules::set_enabled(Arc::clone(&self.shared), request.into_inner()).await.map(Response::new)
     }
 
     async fn health(&self, _request: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
-        let h = &self.shared.health;
-        let pm = h.procmond();
-        let collector = h.collector();
-        let rules = self.shared.rules();
-        let (alive, total) = self.shared.table.read().map(|t| t.counts()).unwrap_or_default();
-        let procmond_status = if pm.pid.is_some() { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
-        let procmond_detail = match (&pm.pid, &pm.error, &pm.last_exit) {
-            (Some(_), _, _) => "running".to_owned(),
-            (None, Some(err), _) => err.clone(),
-            (None, None, Some(exit)) => format!("not running (last {exit})"),
-            (None, None, None) => "not running".to_owned(),
-        };
-        let rules_failed = u32::try_from(rules.errors.len()).unwrap_or(u32::MAX);
-        let rule_status = if rules_failed > 0 { HealthStatus::Degraded } else { HealthStatus::Healthy };
-        let components = vec![
-            ComponentHealth {
-                name: "agent".into(),
-                status: HealthStatus::Healthy as i32,
-                detail: "running".into(),
-                pid: Some(std::process::id()),
-                restarts: 0,
-                running_since_ms: Some(self.started_ms),
-            },
-            ComponentHealth {
-                name: "procmond".into(),
-                status: procmond_status as i32,
-                detail: procmond_detail,
-                pid: pm.pid,
-                restarts: pm.restarts,
-                running_since_ms: pm.running_since_ms,
-            },
-            ComponentHealth {
-                name: "rules".into(),
-                status: rule_status as i32,
-                detail: format!("{} loaded, {} failed", rules.rules.len(), rules_failed),
-                pid: None,
-                restarts: 0,
-                running_since_ms: None,
-            },
-        ];
-        let overall = components.iter().map(|c| c.status).max().unwrap_or(HealthStatus::Healthy as i32);
-        Ok(Response::new(HealthResponse {
-            status: overall,
-            components,
-            backend: collector.as_ref().map(|c| c.backend.clone()).unwrap_or_default(),
-            events_received: h.events_received.load(Relaxed),
-            events_lost: collector.as_ref().map_or(0, |c| c.events_lost),
-            last_applied_seq: h.last_applied_seq.load(Relaxed),
-            rules_loaded: u32::try_from(rules.rules.len()).unwrap_or(u32::MAX),
-            rules_failed,
-            processes_alive: alive,
-            processes_total: total,
-            alerts_total: h.alerts_raised.load(Relaxed),
-            events_per_second: collector.as_ref().map_or(0.0, |c| c.events_per_second),
-            version: env!("CARGO_PKG_VERSION").into(),
-            agent_started_ms: self.started_ms,
-            bus: self.bus.as_ref().map(|b| crate::bus::bus_health(&b.broker.stats())),
-        }))
+        let source = self.health.clone();
+        tokio::task::spawn_blocking(move || source.snapshot())
+            .await
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("health task failed: {e}")))
+    }
+
+    async fn metrics(&self, _request: Request<MetricsRequest>) -> Result<Response<MetricsResponse>, Status> {
+        let source = self.health.clone();
+        tokio::task::spawn_blocking(move || crate::metrics::text(&source))
+            .await
+            .map(|text| Response::new(MetricsResponse { text }))
+            .map_err(|e| Status::internal(format!("metrics task failed: {e}")))
     }
 }

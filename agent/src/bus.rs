@@ -102,10 +102,7 @@ fn principal(s: &str) -> Result<Principal, String> {
     match kind {
         "uid" => number(value).map(Principal::Uid),
         "gid" => number(value).map(Principal::Gid),
-        "user" => match nix::unistd::User::from_name(value) {
-            Ok(Some(u)) => Ok(Principal::Uid(u.uid.as_raw())),
-            _ => Err(format!("{s:?}: no such user")),
-        },
+        "user" => crate::os::user_id(value).map(Principal::Uid).map_err(|e| format!("{s:?}: {e}")),
         "group" => resolve_group(value).map(Principal::Gid).map_err(|e| e.to_string()),
         "exe" if !value.is_empty() => Ok(Principal::Executable(value.to_owned())),
         _ => Err(bad()),
@@ -116,10 +113,7 @@ fn resolve_group(g: &str) -> Result<u32, BusConfigError> {
     if let Ok(gid) = g.parse::<u32>() {
         return Ok(gid);
     }
-    match nix::unistd::Group::from_name(g) {
-        Ok(Some(group)) => Ok(group.gid.as_raw()),
-        _ => Err(BusConfigError::UnknownGroup(g.to_owned())),
-    }
+    crate::os::group_id(g).map_err(|_| BusConfigError::UnknownGroup(g.to_owned()))
 }
 
 /// The broker's statistics as the `BusHealth` message.

@@ -26,10 +26,11 @@ use daemoneye_agent::api;
 use daemoneye_agent::bus::BusServices;
 use daemoneye_agent::health::Health;
 use daemoneye_agent::pipeline::{self, Incoming, Shared};
+use daemoneye_agent::privileges::{self, AfterDrop, DropPlan};
 use daemoneye_agent::rules_watch::{self, RulesSource};
 use daemoneye_agent::sinks::Delivery;
 use daemoneye_agent::store::Store;
-use daemoneye_agent::supervisor::{ProcmondCommand, supervise};
+use daemoneye_agent::supervisor::{ProcmondCommand, SpawnGate, supervise};
 use daemoneye_agent::table::ProcessTable;
 use daemoneye_agent::tasks::TaskClient;
 
@@ -63,20 +64,30 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(&opts)?;
     init_from_config(&config.general).map_err(anyhow::Error::msg)?;
+    // agent.user: resolved and prepared while the agent has one thread (see
+    // `privileges`); the drop itself comes once procmond runs.
+    let drop_plan = DropPlan::resolve(&config.agent).context("checking agent.user")?;
+    if let Some(plan) = &drop_plan {
+        plan.prepare_process().context("preparing to drop privileges")?;
+    }
 
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(config, args))
+        .block_on(run(config, args, drop_plan.map(Arc::new)))
 }
 
-async fn run(config: Config, args: Args) -> anyhow::Result<()> {
+async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> anyhow::Result<()> {
     let data_dir = &config.general.data_dir;
     let run_dir = config.run_dir();
     for dir in [data_dir.as_path(), run_dir.as_path()] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let Some(plan) = &drop_plan {
+        plan.prepare_dirs(&[data_dir.as_path(), run_dir.as_path()], &config.ledger_dir())
+            .with_context(|| format!("making the agent's directories readable by {}'s group", plan.user()))?;
     }
 
     let store = Arc::new(Store::open(&config.store_path())?);
@@ -90,7 +101,8 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         "store opened"
     );
 
-    let rules = rules_watch::load_and_report(&config.rules.dir);
+    let mut rules = rules_watch::load_and_report(&config.rules.dir);
+    daemoneye_agent::api_rules::apply_overrides(&mut rules, &store);
     tracing::info!(dir = %config.rules.dir.display(), loaded = rules.rules.len(), failed = rules.errors.len(), "rules loaded");
     health.rules_loaded.store(u32::try_from(rules.rules.len()).unwrap_or(u32::MAX), Relaxed);
     health.rules_failed.store(u32::try_from(rules.errors.len()).unwrap_or(u32::MAX), Relaxed);
@@ -228,8 +240,10 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
     tasks.spawn(rules_watch::watch(Arc::clone(&shared), cancel.clone()));
 
     // procmond.
-    let cmd = procmond_command(&config, &args)?;
-    tasks.spawn(supervise(cmd, Arc::clone(&health), cancel.clone()));
+    let mut cmd = procmond_command(&config, &args)?;
+    cmd.gid = drop_plan.as_ref().map(|p| p.gid());
+    let gate = Arc::new(SpawnGate::default());
+    let supervisor = tasks.spawn(supervise(cmd, Arc::clone(&health), cancel.clone(), Arc::clone(&gate)));
 
     // The API.
     let api_task = {
@@ -238,14 +252,40 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         let cancel = cancel.clone();
         tasks.spawn(async move { api::serve(shared, Some(bus_services), &socket, cancel).await })
     };
+    // Prometheus metrics on localhost, when configured (a port in use is
+    // logged; detection keeps running).
+    if let Some(addr) = config.agent.metrics_listen {
+        let source = daemoneye_agent::health::HealthSource::new(Arc::clone(&shared), Some(broker.clone()));
+        match daemoneye_agent::metrics::bind(addr).await {
+            Ok(listener) => {
+                tasks.spawn(daemoneye_agent::metrics::serve(listener, source, cancel.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "no metrics listener"),
+        }
+    }
+    // agent.user: the drop, once procmond runs and the API listens.
+    let after = AfterDrop {
+        ledger_dir: config.ledger_dir(),
+        rules_dir: config.rules.dir.clone(),
+        sink_dirs: config.alerts.sinks.iter().filter_map(|s| s.path.as_deref()?.parent().map(Path::to_owned)).collect(),
+        sockets: std::iter::once(config.agent_socket())
+            .chain(config.bus.socket_group.is_empty().then(|| config.bus_socket()))
+            .collect(),
+    };
+    let dropper =
+        tasks.spawn(privileges::drop_when_ready(drop_plan, gate, config.agent_socket(), after, cancel.clone()));
     // systemd: READY=1 once the API answers, then the watchdog.
     tasks.spawn(daemoneye_agent::sdnotify::run(config.agent_socket(), cancel.clone()));
     tasks.close();
 
     tracing::info!(data_dir = %data_dir.display(), "daemoneye-agent running");
+    // Besides a signal, the agent stops when its API fails, when procmond
+    // exits after the privilege drop, or when the drop fails.
     let api_failed = tokio::select! {
-        () = shutdown_signal() => None,
+        () = daemoneye_lib::daemon::shutdown_signal() => None,
         r = api_task => Some(r),
+        Err(e) = joined(supervisor) => Some(Ok(Err(e))),
+        Err(e) = joined(dropper) => Some(Ok(Err(e.context("dropping privileges to agent.user")))),
     };
     tracing::info!("shutting down");
     cancel.cancel();
@@ -260,6 +300,17 @@ async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) => Err(anyhow::anyhow!("API task failed: {e}")),
         _ => Ok(()),
+    }
+}
+
+/// A task's result, its panic as an error.
+async fn joined<E>(task: tokio::task::JoinHandle<Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match task.await {
+        Ok(r) => r.map_err(anyhow::Error::new),
+        Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
     }
 }
 
@@ -289,17 +340,6 @@ fn procmond_command(config: &Config, args: &Args) -> anyhow::Result<ProcmondComm
         backoff_min: config.agent.restart_backoff_min,
         backoff_max: config.agent.restart_backoff_max,
         reset_after: config.agent.restart_reset_after,
+        gid: None,
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -64,7 +64,10 @@ pub fn load_and_report(dir: &Path) -> RuleSet {
 /// blocking thread.
 pub fn reload(shared: &Shared) -> Arc<RuleSet> {
     let dir = &shared.rules_source.dir;
-    let set = Arc::new(load_and_report(dir));
+    let mut set = load_and_report(dir);
+    // The operator's `rules enable|disable` choices outlive every reload.
+    crate::api_rules::apply_overrides(&mut set, &shared.store);
+    let set = Arc::new(set);
     shared.health.rules_loaded.store(u32::try_from(set.rules.len()).unwrap_or(u32::MAX), Relaxed);
     shared.health.rules_failed.store(u32::try_from(set.errors.len()).unwrap_or(u32::MAX), Relaxed);
     {

@@ -2,13 +2,24 @@
 //! unix socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the
 //! abstract namespace). `READY=1` once the API listens, `WATCHDOG=1` every
 //! half `$WATCHDOG_USEC` when the unit sets `WatchdogSec=`. Without
-//! `$NOTIFY_SOCKET` (not under systemd) everything here is a no-op.
+//! `$NOTIFY_SOCKET` (not under systemd) everything here is a no-op; on
+//! Windows, where there is no systemd, always.
 
+#[cfg(unix)]
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 /// Sends `state` (e.g. `"READY=1"`) to `$NOTIFY_SOCKET`. Returns whether a
 /// datagram was sent; errors say which socket failed.
+#[cfg(not(unix))]
+pub fn notify(state: &str) -> Result<bool, String> {
+    let _ = state;
+    Ok(false)
+}
+
+/// Sends `state` (e.g. `"READY=1"`) to `$NOTIFY_SOCKET`. Returns whether a
+/// datagram was sent; errors say which socket failed.
+#[cfg(unix)]
 pub fn notify(state: &str) -> Result<bool, String> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(false) };
     let path = path.to_string_lossy().into_owned();
@@ -18,6 +29,7 @@ pub fn notify(state: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+#[cfg(unix)]
 fn socket_addr(path: &str) -> Result<SocketAddr, String> {
     if let Some(name) = path.strip_prefix('@') {
         #[cfg(target_os = "linux")]
@@ -44,12 +56,12 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Waits until `socket` accepts connections (the API listens), sends
-/// `READY=1`, then pings the watchdog until `cancel`. Failures are logged:
-/// they never stop the agent.
+/// Waits until `socket` (a pipe on Windows) accepts connections (the API
+/// listens), sends `READY=1`, then pings the watchdog until `cancel`.
+/// Failures are logged: they never stop the agent.
 pub async fn run(socket: std::path::PathBuf, cancel: tokio_util::sync::CancellationToken) {
     loop {
-        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        if daemoneye_eventbus::transport::connect(&socket).await.is_ok() {
             break;
         }
         tokio::select! {
@@ -77,7 +89,7 @@ pub async fn run(socket: std::path::PathBuf, cancel: tokio_util::sync::Cancellat
     let _ = notify("STOPPING=1");
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -8,6 +8,8 @@
 //! - `meta`: `last_applied_seq`, `schema_version`.
 //! - `alert_outbox`: (sink name, alert id) -> (), written with the alert and
 //!   removed once that sink has it (see `sinks`).
+//! - `rules_state`: rule id -> enabled, the operator's `rules enable|disable`
+//!   choices, applied over every loaded rule set (see `api_rules`).
 //!
 //! *Architecture invariant:* `last_applied_seq` is written in the same
 //! transaction as the rows it covers, so after a crash the table and the
@@ -29,6 +31,8 @@ const ALERT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("aler
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (sink name, alert id) -> (): alerts not yet delivered to that sink.
 const OUTBOX: TableDefinition<(&str, &str), ()> = TableDefinition::new("alert_outbox");
+/// rule id -> enabled (operator overrides of the rule files' `enabled`).
+const RULES_STATE: TableDefinition<&str, bool> = TableDefinition::new("rules_state");
 
 const SCHEMA_VERSION: u64 = 1;
 
@@ -123,6 +127,7 @@ impl Store {
             txn.open_table(ALERTS).ctx(path, "creating tables")?;
             txn.open_table(ALERT_ORDER).ctx(path, "creating tables")?;
             txn.open_table(OUTBOX).ctx(path, "creating tables")?;
+            txn.open_table(RULES_STATE).ctx(path, "creating tables")?;
             let mut meta = txn.open_table(META).ctx(path, "creating tables")?;
             let found = meta.get("schema_version").ctx(path, "reading meta")?.map(|v| v.value());
             match found {
@@ -148,6 +153,7 @@ impl Store {
         }
         txn.set_durability(redb::Durability::None).ctx(&self.path, "relaxing durability")
     }
+
     /// Makes every earlier commit durable (on shutdown: a restart then
     /// needs no catch-up).
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -156,10 +162,12 @@ impl Store {
         self.durable();
         Ok(())
     }
+
     /// Notes a durable commit (the default durability).
     fn durable(&self) {
         *self.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
     }
+
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -374,8 +382,8 @@ impl Store {
     /// Marks `alert_id` delivered to `sink`.
     pub fn outbox_remove(&self, sink: &str, alert_id: &str) -> Result<(), StoreError> {
         let p = &self.path;
-        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
         // Lost in a crash, a delivery is repeated: at least once, by id.
+        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
         self.relax(&mut txn)?;
         {
             let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
@@ -399,6 +407,33 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The operator's rule overrides: rule id -> enabled.
+    pub fn rule_overrides(&self) -> Result<std::collections::HashMap<String, bool>, StoreError> {
+        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
+        let table = txn.open_table(RULES_STATE).ctx(&self.path, "opening rules_state")?;
+        let mut out = std::collections::HashMap::new();
+        for item in table.iter().ctx(&self.path, "reading rules_state")? {
+            let (k, v) = item.ctx(&self.path, "reading rules_state")?;
+            out.insert(k.value().to_owned(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Records (or with `None` forgets) the operator's choice for a rule.
+    pub fn set_rule_override(&self, rule_id: &str, enabled: Option<bool>) -> Result<(), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
+        {
+            let mut table = txn.open_table(RULES_STATE).ctx(p, "opening rules_state")?;
+            match enabled {
+                Some(e) => table.insert(rule_id, e).map(|_| ()).ctx(p, "writing rules_state")?,
+                None => table.remove(rule_id).map(|_| ()).ctx(p, "writing rules_state")?,
+            }
+        }
+        txn.commit().ctx(p, "committing rules_state")?;
+        Ok(())
     }
 
     fn decode<M: Message + Default>(&self, table: &'static str, key: &str, bytes: &[u8]) -> Result<M, StoreError> {
@@ -491,6 +526,22 @@ mod tests {
         assert!(ids("c").is_empty());
         assert!(store.outbox_contains("b", "01").unwrap());
         assert!(!store.outbox_contains("a", "01").unwrap());
+    }
+
+    #[test]
+    fn rule_overrides_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.set_rule_override("a", Some(false)).unwrap();
+            store.set_rule_override("b", Some(true)).unwrap();
+            store.set_rule_override("b", None).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let o = store.rule_overrides().unwrap();
+        assert_eq!(o.get("a"), Some(&false));
+        assert_eq!(o.len(), 1);
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! `daemoneye-cli processes ...`: the detection tasks that procmond runs on
-//! the agent's behalf (the live process list, executable verification, hash
-//! checks, following a process tree), plus the agent's own table.
+//! `daemoneye-cli processes ...`: the agent's process table (`list`,
+//! `tree`, `show`) and the detection tasks that procmond runs on the
+//! agent's behalf (`list --live`, `verify`, `check-hash`, `watch`).
 //!
 //! Exit codes: 0 ok; 1 error; 2 for `verify`/`check-hash` when the
 //! executable was deleted, replaced or does not match.
+
+mod table;
+mod tree;
+
+pub(crate) use table::filter_sql;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,33 +16,52 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use daemoneye_lib::proto::{
-    DetectionResult, DetectionTask, HashCheck, ProcessEvent, ProcessFilter, ProcessRecord, QueryRequest,
-    RunTaskRequest, TaskType, WatchProcessTreeRequest, sql_value,
+    DetectionResult, DetectionTask, HashCheck, ProcessEvent, ProcessFilter, ProcessRecord, RunTaskRequest, TaskType,
+    WatchProcessTreeRequest,
 };
 use serde_json::{Value as Json, json};
 
 use crate::client::{self, Client};
-use crate::output::{Format, Grid};
+use crate::output::{Format, Grid, Ui};
 
 /// `processes` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ProcessesCommand {
-    /// List processes: from the agent's table, or with --live asked of procmond now.
+    /// List processes from the agent's table (or, with --live, asked of procmond now).
     ///
-    /// Example: daemoneye-cli processes list --live --name sshd
+    /// Examples: daemoneye-cli processes list --name sshd --user root;
+    /// daemoneye-cli processes list --all --limit 50 --format csv
     List {
         /// Ask procmond for the live list (ENUMERATE_PROCESSES) instead of the agent's table.
         #[arg(long)]
         live: bool,
-        /// Only processes with this name (repeatable).
-        #[arg(long = "name", value_name = "NAME")]
-        names: Vec<String>,
-        /// Only this pid (repeatable).
-        #[arg(long = "pid", value_name = "PID")]
-        pids: Vec<u32>,
-        /// Only executables matching this glob (`*`, `?`), or containing it when it has no wildcard.
-        #[arg(long = "exe", value_name = "PATTERN")]
-        exe: Option<String>,
+        #[command(flatten)]
+        filter: ListFilter,
+    },
+    /// The parent/child tree of the table, drawn with box characters.
+    ///
+    /// Without --pid or --root: every tree (processes whose parent is not in
+    /// the table are roots). Example: daemoneye-cli processes tree --pid 1234
+    Tree {
+        /// Start at this process (the live one with this pid, else the newest).
+        #[arg(long, value_name = "PID", conflicts_with = "root")]
+        pid: Option<u32>,
+        /// Start at the process with this process key.
+        #[arg(long, value_name = "KEY")]
+        root: Option<String>,
+        /// Include exited processes still in the table (agent.process_retention).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Every column of one process, its recent events and its alerts.
+    ///
+    /// Example: daemoneye-cli processes show 1234 (or a process key)
+    Show {
+        /// A pid (the live process with it, else the newest) or a process key.
+        process: String,
+        /// How many of its recent events to show.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        events: u32,
     },
     /// Re-hash a process's executable on disk and compare it with the running
     /// image (VERIFY_EXECUTABLE); reports deleted or replaced binaries. Exit 2 when not intact.
@@ -64,40 +88,83 @@ pub(crate) enum ProcessesCommand {
     },
 }
 
+/// Filters of `processes list` (and `export processes`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ListFilter {
+    /// Only processes with this name (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    pub(crate) names: Vec<String>,
+    /// Only this pid (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub(crate) pids: Vec<u32>,
+    /// Only executables matching this glob (`*`, `?`), or containing it when it has no wildcard.
+    #[arg(long = "exe", value_name = "PATTERN")]
+    pub(crate) exe: Option<String>,
+    /// Only processes of this user (name or numeric uid).
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// Only live processes (the default of `list`).
+    #[arg(long, conflicts_with = "all")]
+    pub(crate) alive: bool,
+    /// Exited processes still in the table too.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// At most N processes (the oldest first).
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<u32>,
+}
+
 /// Runs a `processes` subcommand.
 pub(crate) async fn run(
     cmd: &ProcessesCommand,
     socket: &std::path::Path,
-    format: Format,
+    ui: &Ui,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let mut client = client::connect(socket).await?;
+    let format = ui.format;
     match cmd {
-        ProcessesCommand::List { live, names, pids, exe } => {
-            let filter =
-                ProcessFilter { process_names: names.clone(), pids: pids.clone(), executable_pattern: exe.clone() };
-            let records = if *live {
-                let task = DetectionTask {
-                    task_type: TaskType::EnumerateProcesses as i32,
-                    process_filter: Some(filter),
-                    ..Default::default()
-                };
-                run_task(&mut client, task, "listing live processes").await?.processes
-            } else {
-                table_processes(&mut client, &filter).await?
+        ProcessesCommand::List { live: false, filter } => table::list(&mut client, filter, ui, out).await,
+        ProcessesCommand::List { live: true, filter } => {
+            if filter.all {
+                anyhow::bail!(
+                    "--all lists exited processes from the agent's table; procmond's live list (--live) has only live ones"
+                );
+            }
+            let pf = ProcessFilter {
+                process_names: filter.names.clone(),
+                pids: filter.pids.clone(),
+                executable_pattern: filter.exe.clone(),
             };
+            let task = DetectionTask {
+                task_type: TaskType::EnumerateProcesses as i32,
+                process_filter: Some(pf),
+                ..Default::default()
+            };
+            let records = run_task(&mut client, task, "listing live processes").await?.processes;
+            let uid: Option<u32> = filter.user.as_deref().and_then(|u| u.parse().ok());
+            let records = records.iter().filter(|p| match (&filter.user, uid) {
+                (None, _) => true,
+                (Some(_), Some(uid)) => p.uid == Some(uid),
+                (Some(name), None) => p.user_name.as_ref() == Some(name),
+            });
+            let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
             let columns = ["pid", "ppid", "uid", "name", "executable_path", "process_key"];
             let grid = Grid {
                 columns: columns.iter().map(|c| (*c).to_owned()).collect(),
                 rows: records
-                    .iter()
+                    .take(limit)
                     .map(record_json)
                     .map(|r| columns.iter().map(|c| r[*c].clone()).collect())
                     .collect(),
             };
-            grid.write(format, out)?;
+            grid.render(ui, out)?;
             Ok(ExitCode::SUCCESS)
         }
+        ProcessesCommand::Tree { pid, root, all } => {
+            tree::run(&mut client, &tree::Start { pid: *pid, key: root.clone(), all: *all }, ui, out).await
+        }
+        ProcessesCommand::Show { process, events } => table::show(&mut client, process, *events, ui, out).await,
         ProcessesCommand::Verify { pid } => {
             let task = DetectionTask {
                 task_type: TaskType::VerifyExecutable as i32,
@@ -249,46 +316,7 @@ async fn watch(
     }
 }
 
-/// The agent's table, filtered the same way as the live list.
-async fn table_processes(client: &mut Client, filter: &ProcessFilter) -> anyhow::Result<Vec<ProcessRecord>> {
-    let sql = "SELECT pid, ppid, uid, name, executable_path, process_key FROM processes WHERE is_alive = 1";
-    let resp = client
-        .query(QueryRequest { sql: sql.into(), params: Vec::new(), max_rows: 0 })
-        .await
-        .map_err(|s| client::status_error("listing processes failed", &s))?
-        .into_inner();
-    let text = |v: Option<&daemoneye_lib::proto::SqlValue>| match v.and_then(|v| v.value.as_ref()) {
-        Some(sql_value::Value::Text(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let int = |v: Option<&daemoneye_lib::proto::SqlValue>| match v.and_then(|v| v.value.as_ref()) {
-        Some(sql_value::Value::Integer(i)) => u32::try_from(*i).ok(),
-        _ => None,
-    };
-    let records = resp.rows.iter().map(|r| {
-        let v = &r.values;
-        ProcessRecord {
-            pid: int(v.first()).unwrap_or(0),
-            ppid: int(v.get(1)),
-            uid: int(v.get(2)),
-            name: text(v.get(3)),
-            executable_path: text(v.get(4)),
-            process_key: text(v.get(5)).unwrap_or_default(),
-            ..Default::default()
-        }
-    });
-    Ok(records.filter(|p| local_filter(p, filter)).collect())
-}
-
-fn local_filter(p: &ProcessRecord, f: &ProcessFilter) -> bool {
-    (f.process_names.is_empty() || p.name.as_ref().is_some_and(|n| f.process_names.contains(n)))
-        && (f.pids.is_empty() || f.pids.contains(&p.pid))
-        && f.executable_pattern
-            .as_ref()
-            .is_none_or(|pat| p.executable_path.as_ref().is_some_and(|e| e.contains(pat.trim_matches('*')) || e == pat))
-}
-
-fn record_json(p: &ProcessRecord) -> Json {
+pub(crate) fn record_json(p: &ProcessRecord) -> Json {
     json!({
         "pid": p.pid,
         "ppid": p.ppid,

@@ -210,7 +210,6 @@ fn is_real_root(root: &Path) -> bool {
 }
 
 fn install(target: &Target, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::PermissionsExt as _;
     let items = plan(target.init, &target.bin_dir, !target.no_binaries)?;
     for item in &items {
         let dest = under(&target.root, &item.path);
@@ -229,8 +228,7 @@ fn install(target: &Target, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 write_atomic(&dest, &bytes)?;
             }
         }
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(item.mode))
-            .with_context(|| format!("setting the mode of {}", dest.display()))?;
+        set_mode(&dest, item.mode)?;
         writeln!(out, "installed {}", dest.display())?;
     }
     if is_real_root(&target.root) {
@@ -239,6 +237,21 @@ fn install(target: &Target, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         writeln!(out, "installed under {}; nothing was started", target.root.display())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file's Unix mode (on Windows the files inherit their directory's ACL).
+fn set_mode(dest: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", dest.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (dest, mode);
+        Ok(())
+    }
 }
 
 fn after_install(init: Init, out: &mut dyn Write) -> anyhow::Result<()> {

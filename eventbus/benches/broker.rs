@@ -25,7 +25,7 @@ struct Setup {
 
 async fn setup(rt_subs: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.sock");
+    let path = daemoneye_lib::config::local_endpoint(dir.path(), "bus", cfg!(windows));
     let cancel = CancellationToken::new();
     let config = BrokerConfig { acl: daemoneye_eventbus::AccessPolicy::allow_all(), ..BrokerConfig::default() };
     let _broker = Broker::bind(&path, config, cancel).await.unwrap();

@@ -2,7 +2,10 @@
 //!
 //! The broker decides with the peer's identity taken from the socket
 //! (`SO_PEERCRED`: uid, gid, pid) and `/proc/<pid>/exe`, never from what the
-//! client says in `Hello`. An [`AccessPolicy`] is an ordered list of
+//! client says in `Hello`. On Windows the identity comes from the pipe
+//! client's process and token; SYSTEM and elevated administrators are uid 0
+//! (`root`), others the relative id of their SID (see
+//! [`crate::transport::windows_peer_ids`]). An [`AccessPolicy`] is an ordered list of
 //! [`AccessRule`]s; for a concrete topic the *first* rule whose pattern
 //! matches decides, and a topic that no rule matches is denied.
 //!
@@ -48,9 +51,10 @@ pub enum Principal {
     /// Peers with this primary gid (supplementary groups are not visible
     /// through `SO_PEERCRED`).
     Gid(u32),
-    /// Peers whose `/proc/<pid>/exe` is this path (when it contains a `/`) or
-    /// has this file name. Needs the broker to be allowed to read the link
-    /// (same user or CAP_SYS_PTRACE); otherwise it never matches.
+    /// Peers whose `/proc/<pid>/exe` is this path (when it contains a path
+    /// separator) or has this file name (on Windows with `.exe`). Needs the
+    /// broker to be allowed to read the link (same user or CAP_SYS_PTRACE);
+    /// otherwise it never matches.
     Executable(String),
 }
 
@@ -239,7 +243,7 @@ fn principal_matches(p: &Principal, peer: &PeerIdentity, broker_uid: u32) -> boo
         Principal::Uid(u) => peer.uid == *u,
         Principal::Gid(g) => peer.gid == *g,
         Principal::Executable(name) => peer.exe.as_ref().is_some_and(|exe| {
-            if name.contains('/') {
+            if name.chars().any(std::path::is_separator) {
                 exe.as_os_str() == name.as_str()
             } else {
                 exe.file_name().is_some_and(|f| f == name.as_str())

@@ -34,7 +34,8 @@ pub enum BusError {
     /// Connecting to the socket failed for another reason (permissions, ...).
     #[error(
         "cannot connect to event bus socket {path}: {source}; check that this user may \
-         open the socket (mode 0660, group daemoneye)"
+         open the socket (mode 0660, group daemoneye; on Windows the pipe admits SYSTEM and \
+         elevated administrators)"
     )]
     Connect {
         /// The socket path that was tried.

@@ -1,5 +1,6 @@
 //! DaemonEye's local event bus: an embedded pub/sub broker (hosted by the
-//! agent) and its clients (procmond, collectors), over a Unix socket.
+//! agent) and its clients (procmond, collectors), over a Unix socket (a named
+//! pipe on Windows).
 //!
 //! **In:** length-prefixed protobuf frames (`daemoneye.v1.BusMessage`, see
 //! `proto/bus.proto`) from local processes, and in-process calls from the
@@ -8,7 +9,8 @@
 //!
 //! Module map:
 //! - [`topic`] — topic/pattern grammar (`events.process.lifecycle`, `+`, `#`) and matching.
-//! - [`acl`] — access policy decided on `SO_PEERCRED` identity, never on client claims.
+//! - [`acl`] — access policy decided on the OS-reported peer identity (`SO_PEERCRED`), never on client claims.
+//! - [`transport`] — [`transport::Listener`], [`transport::Stream`], [`transport::connect`]: Unix socket or named pipe, peer identity.
 //! - [`frame`] — the frame codec and a frame reader with a stalled-frame deadline.
 //! - [`broker`] — [`Broker::bind`], connections, routing, in-process [`LocalClient`].
 //! - [`client`] — [`BusClient`] over the socket (callers reconnect with backoff).
@@ -49,6 +51,7 @@ pub mod frame;
 pub mod stats;
 pub mod subscription;
 pub mod topic;
+pub mod transport;
 
 pub use acl::{AccessLevel, AccessPolicy, AccessRule, PeerIdentity, Principal};
 pub use broker::{Broker, BrokerConfig, BrokerHandle, LocalClient};

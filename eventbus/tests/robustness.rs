@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use common::*;
 use daemoneye_eventbus::frame::{encode_to_bytes, message};
+use daemoneye_eventbus::transport;
 use daemoneye_eventbus::{BackpressurePolicy, BrokerConfig, BusClient, BusErrorCode, CorrelationMetadata};
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{Ping, Publish};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 
 fn small_config() -> BrokerConfig {
     BrokerConfig {
@@ -94,14 +94,14 @@ async fn stalled_half_frame_times_out() {
 #[tokio::test]
 async fn first_frame_must_be_hello() {
     let b = TestBroker::start(small_config()).await;
-    let mut raw = UnixStream::connect(&b.path).await.unwrap();
+    let mut raw = transport::connect(&b.path).await.unwrap();
     raw.write_all(&encode_to_bytes(&message(Kind::Ping(Ping { nonce: 1 })))).await.unwrap();
     let e = read_error(&mut raw).await;
     assert!(e.message.contains("Hello"), "{}", e.message);
     assert_closed(&mut raw).await;
 
     // Silence during the handshake times out as well.
-    let mut silent = UnixStream::connect(&b.path).await.unwrap();
+    let mut silent = transport::connect(&b.path).await.unwrap();
     let e = read_error(&mut silent).await;
     assert!(e.message.contains("no Hello"), "{}", e.message);
     assert_closed(&mut silent).await;

@@ -154,6 +154,8 @@ pub struct ProcmondConfig {
 pub struct AgentConfig {
     /// Unprivileged user to switch to after start (empty: none).
     pub user: String,
+    /// Group to switch to with `user` (empty: the user's primary group).
+    pub group: String,
     /// Restart back-off lower bound.
     #[serde(with = "humantime_serde")]
     pub restart_backoff_min: Duration,
@@ -171,6 +173,10 @@ pub struct AgentConfig {
     /// How long events stay queryable.
     #[serde(with = "humantime_serde")]
     pub event_retention: Duration,
+    /// Serve Prometheus metrics on `GET /metrics` at this loopback address
+    /// (absent: no listener; `daemoneye-cli metrics` works either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[rules]`
@@ -296,6 +302,12 @@ impl Config {
     pub fn load(opts: &LoadOptions) -> Result<Self, ConfigError> {
         let config: Self = Self::figment(opts)?.extract().map_err(|e| ConfigError::Invalid(render_errors(e)))?;
         validate_sinks(&config.alerts.sinks, config.alerts.stdout).map_err(ConfigError::Invalid)?;
+        if let Some(addr) = config.agent.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::Invalid(format!(
+                "agent.metrics_listen = \"{addr}\": not a loopback address; the metrics listener serves this \
+                 host only (use 127.0.0.1:PORT or [::1]:PORT)"
+            )));
+        }
         Ok(config)
     }
 
@@ -339,14 +351,16 @@ impl Config {
         }
     }
 
-    /// The event bus socket.
+    /// The event bus endpoint: `<run_dir>/bus.sock`, a named pipe on
+    /// Windows (see [`local_endpoint`]).
     pub fn bus_socket(&self) -> PathBuf {
-        self.run_dir().join("bus.sock")
+        local_endpoint(&self.run_dir(), "bus", cfg!(windows))
     }
 
-    /// The agent API socket.
+    /// The agent API endpoint: `<run_dir>/agent.sock`, a named pipe on
+    /// Windows (see [`local_endpoint`]).
     pub fn agent_socket(&self) -> PathBuf {
-        self.run_dir().join("agent.sock")
+        local_endpoint(&self.run_dir(), "agent", cfg!(windows))
     }
 
     /// The ledger directory.
@@ -365,6 +379,24 @@ impl Config {
         // fail; fall back to Debug rather than panic if it ever did.
         toml_string(self).unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n{self:#?}"))
     }
+}
+
+/// Where the local service `name` (`bus`, `agent`) of the agent with
+/// `run_dir` listens; the one place this is decided. Unix (`windows` false):
+/// the socket `<run_dir>/<name>.sock`. Windows: the named pipe
+/// `\\.\pipe\daemoneye-<name>-<16 hex digits>`, the digits from the SHA-256
+/// of the run directory as Windows compares paths (ASCII case folded, `/` as
+/// `\`, no trailing separator), so agents with different data directories
+/// never share a pipe and the CLI finds the agent of the configuration it
+/// reads.
+pub fn local_endpoint(run_dir: &Path, name: &str, windows: bool) -> PathBuf {
+    if !windows {
+        return run_dir.join(format!("{name}.sock"));
+    }
+    use sha2::Digest as _;
+    let dir = run_dir.to_string_lossy().to_ascii_lowercase().replace('/', "\\");
+    let digest = sha2::Sha256::digest(dir.trim_end_matches('\\').as_bytes());
+    PathBuf::from(format!(r"\\.\pipe\daemoneye-{name}-{}", hex::encode(&digest[..8])))
 }
 
 fn toml_string(c: &Config) -> Result<String, String> {
@@ -435,6 +467,21 @@ fn render_errors(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_endpoints_are_sockets_on_unix_and_pipes_on_windows() {
+        let run = Path::new("/var/lib/daemoneye/run");
+        assert_eq!(local_endpoint(run, "bus", false), Path::new("/var/lib/daemoneye/run/bus.sock"));
+        assert_eq!(local_endpoint(run, "agent", false), Path::new("/var/lib/daemoneye/run/agent.sock"));
+        let pipe = |dir: &str, name: &str| local_endpoint(Path::new(dir), name, true).display().to_string();
+        let bus = pipe(r"C:\ProgramData\DaemonEye\run", "bus");
+        assert!(bus.starts_with(r"\\.\pipe\daemoneye-bus-"), "{bus}");
+        assert_eq!(bus.len(), r"\\.\pipe\daemoneye-bus-".len() + 16, "{bus}");
+        // The same directory however it is spelled; another directory or service differs.
+        assert_eq!(bus, pipe(r"c:/programdata/daemoneye/run/", "bus"));
+        assert_ne!(bus, pipe(r"C:\ProgramData\DaemonEye\run2", "bus"));
+        assert_ne!(bus, pipe(r"C:\ProgramData\DaemonEye\run", "agent"));
+    }
 
     fn isolated() -> LoadOptions {
         LoadOptions { skip_system_files: true, ..Default::default() }

@@ -16,10 +16,13 @@
 //! - [`replay`] (feature `detection`): offline forensics over a ledger copy:
 //!   the table as of a time, and rules re-run over a range as if live.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
+//! - `daemon` (feature `daemon`): the stop signal both daemons wait for.
 
 #[cfg(feature = "detection")]
 pub mod alerting;
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 #[cfg(feature = "detection")]
 pub mod detection;
 pub mod ledger;

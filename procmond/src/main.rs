@@ -9,9 +9,11 @@
 
 mod backend;
 mod platform;
+mod sandbox;
 mod tasks;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -35,9 +37,17 @@ struct Args {
     /// Socket directory (the bus is RUN_DIR/bus.sock).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Stop when a line `stop` arrives on stdin (how the agent stops
+    /// procmond once it runs without the privilege to signal it).
+    #[arg(long, hide = true)]
+    stdin_control: bool,
+    /// Enter the sandbox as procmond does after attaching, try to open
+    /// sockets of each family, print what happened and exit (for tests).
+    #[arg(long, hide = true)]
+    sandbox_self_test: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     let mut opts = args.daemon.load_options();
     if let Some(d) = &args.run_dir {
@@ -45,16 +55,27 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(&opts)?;
     init_from_config(&config.general).map_err(anyhow::Error::msg)?;
+    if args.sandbox_self_test {
+        return sandbox::self_test(config.procmond.backend.as_str());
+    }
+
+    // Everything that needs privileges happens here, on procmond's only
+    // thread: capabilities belong to threads, so the drop must come before
+    // the runtime starts its own (which then inherit the reduced sets).
+    let (mut ledger, chosen) = start(&config)?;
+    sandbox::enter(&mut ledger, chosen.name)?;
 
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(config))
+        .block_on(run(config, ledger, chosen, args.stdin_control))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Opens the ledger and attaches the backend (the privileged part).
+fn start(config: &Config) -> anyhow::Result<(LedgerWriter, backend::Chosen)> {
     let ledger_dir = config.ledger_dir();
     let key_dir = config.general.data_dir.join("keys");
     let (mut ledger, recovery) = LedgerWriter::open(&ledger_dir, &key_dir, &config.ledger)
@@ -64,12 +85,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let version = env!("CARGO_PKG_VERSION");
     ledger.audit("start", &[("pid", pid.as_str()), ("version", version)])?;
 
-    let chosen = backend::choose(&config)?;
+    let chosen = backend::choose(config)?;
     let notes = chosen.notes.join("; ");
     tracing::info!(backend = chosen.name, not_taken = %notes, "telemetry backend chosen");
     ledger.audit("backend", &[("backend", chosen.name), ("not_taken", notes.as_str())])?;
     ledger.commit()?;
+    Ok((ledger, chosen))
+}
 
+async fn run(config: Config, ledger: LedgerWriter, chosen: backend::Chosen, stdin_control: bool) -> anyhow::Result<()> {
+    let pid = std::process::id().to_string();
+    let notes = chosen.notes.join("; ");
     let hasher = Arc::new(Hasher::new(config.procmond.hash_max_size.as_u64(), config.procmond.hash_cache_entries));
     let rt_config = RuntimeConfig {
         bus_socket: config.bus_socket(),
@@ -100,9 +126,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let rt = tokio::spawn(runtime::run(sources, ledger, hasher, rt_config, Arc::clone(&stats), cancel.clone()));
     let sig_cancel = cancel.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        daemoneye_lib::daemon::shutdown_signal().await;
         sig_cancel.cancel();
     });
+    if stdin_control {
+        watch_stdin(cancel.clone());
+    }
     let mut ledger = rt.await.context("collector task panicked")??;
     cancel.cancel();
     if let Some(t) = task_server {
@@ -114,14 +143,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// Cancels on a line `stop` on stdin. End of input (the agent is gone)
+/// does not stop procmond: the ledger keeps recording while no agent runs.
+fn watch_stdin(cancel: CancellationToken) {
+    use std::io::BufRead as _;
+    // A blocking read cannot be cancelled, so this thread has no owner to
+    // join it: it ends with the process, or at end of input.
+    let spawned = std::thread::Builder::new().name("stdin-control".into()).spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l.trim() == "stop" => {
+                    tracing::info!("stop requested on stdin");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(l) => tracing::warn!(line = %l.trim(), "unknown control line on stdin; ignored"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "stdin unreadable; control lines ignored");
+                    return;
+                }
+            }
+        }
+        tracing::info!("stdin closed (the agent is gone); procmond keeps recording until signalled");
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch stdin for a stop request; only signals stop procmond");
     }
 }

@@ -284,3 +284,65 @@ impl ProcessInspector for SysinfoInspector {
         None
     }
 }
+
+/// What entering the sandbox did: the details of the `privilege_drop` audit
+/// record and, for the log, the capabilities kept and given up.
+pub(crate) struct Sandboxed {
+    pub(crate) details: Vec<(String, String)>,
+    pub(crate) kept: String,
+    pub(crate) dropped: String,
+}
+
+/// Drops the capabilities steady state does not need and refuses network
+/// sockets (Linux: capability sets, `no_new_privs`, seccomp; see
+/// `daemoneye_platform_linux::sandbox`). `None` on an OS without one. Must
+/// run before the async runtime starts its threads.
+pub(crate) fn enter_sandbox(backend: &str) -> Result<Option<Sandboxed>, String> {
+    #[cfg(target_os = "linux")]
+    {
+        use daemoneye_platform_linux::sandbox;
+        let report = sandbox::enter(backend).map_err(|e| e.to_string())?;
+        Ok(Some(Sandboxed {
+            details: report.audit_details(),
+            kept: sandbox::render(&report.after.permitted),
+            dropped: sandbox::render(&report.dropped()),
+        }))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = backend;
+        Ok(None)
+    }
+}
+
+/// Tries to open a socket of each family the sandbox decides on; `None` on
+/// an OS without a sandbox.
+pub(crate) fn probe_sockets() -> Option<Vec<(&'static str, Result<(), String>)>> {
+    #[cfg(target_os = "linux")]
+    {
+        let probes = daemoneye_platform_linux::sandbox::probe_sockets();
+        Some(probes.into_iter().map(|(name, r)| (name, r.map_err(|e| format!("{e:?}: {}", e.desc())))).collect())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The kernel's view of this process's privileges (Linux: the `Cap*`,
+/// `NoNewPrivs` and `Seccomp` lines of `/proc/self/status`).
+pub(crate) fn privilege_status() -> Vec<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs:") || l.starts_with("Seccomp:"))
+            .map(str::to_owned)
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Vec::new()
+    }
+}

@@ -153,6 +153,20 @@ impl Agent {
             .expect("run daemoneye-cli")
     }
 
+    /// Runs the CLI, asserts that it succeeded (else panics with its
+    /// output) and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "daemoneye-cli {args:?} failed ({:?}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("daemoneye-cli printed UTF-8")
+    }
+
     /// Runs the CLI with `--format json` and parses stdout; panics with the
     /// CLI's stderr when it printed no JSON. (`health` prints its JSON and
     /// still exits non-zero when not healthy; the exit code is checked by
@@ -194,6 +208,12 @@ impl Agent {
         self.child.id()
     }
 
+    /// The agent's exit status once it has exited on its own (`None` while
+    /// it runs).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILLs the agent and its procmond (a crash: no shutdown code runs)
     /// and hands back the root, kept, for [`Agent::start_in`].
     pub fn kill9(mut self) -> tempfile::TempDir {
@@ -225,6 +245,34 @@ impl Drop for Agent {
             eprintln!("--- agent stderr ({}) ---\n{}", self.root.path().display(), self.stderr());
         }
     }
+}
+
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private work dir outside temporary locations (so that only the rules
+/// meant to fire on /tmp do), readable by every user (some triggers run as
+/// nobody). When the checkout itself lives under a temporary directory (CI
+/// clones can), the work dir goes to /var/lib instead (these tests run as
+/// root).
+pub fn work_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    // Cargo's `target/tmp` (CARGO_TARGET_TMPDIR of integration tests).
+    let target_tmp = bin_dir().parent().map(|t| t.join("tmp")).expect("target dir");
+    let under_tmp = ["/tmp", "/var/tmp", "/dev/shm"].iter().any(|t| target_tmp.starts_with(t));
+    let base = if under_tmp { PathBuf::from("/var/lib") } else { target_tmp };
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::Builder::new().prefix(prefix).tempdir_in(&base).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
 }
 
 /// Copies `src` to `dir/name` (executable) and returns the new path.

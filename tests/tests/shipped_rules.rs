@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use daemoneye_tests::{Agent, AgentOptions, copy_executable, is_root, wait_for};
+use daemoneye_tests::{Agent, AgentOptions, copy_executable, is_root, wait_for, work_dir};
 use serde_json::Value as Json;
 
 /// The shipped rules directory.
@@ -30,19 +30,6 @@ fn shipped_rules() -> Vec<(String, String)> {
         .collect();
     files.sort();
     files
-}
-
-/// A private work dir outside /tmp (so that only the rule meant to fire on
-/// /tmp does), readable by every user (the setuid trigger runs as nobody).
-/// When the checkout itself lives under a temporary directory (CI clones
-/// can), the work dir goes to /var/lib instead (these tests run as root).
-fn work_dir() -> tempfile::TempDir {
-    let target_tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let under_tmp = ["/tmp", "/var/tmp", "/dev/shm"].iter().any(|t| target_tmp.starts_with(t));
-    let base = if under_tmp { std::path::Path::new("/var/lib") } else { target_tmp };
-    let d = tempfile::Builder::new().prefix("rules-e2e").tempdir_in(base).unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
 }
 
 /// Copies `src` to `<dir>/<sub>/<name>` and returns the path.
@@ -103,7 +90,7 @@ fn shipped_rules_fire_on_real_processes() {
         eprintln!("skipped: shipped_rules_fire_on_real_processes needs root for the eBPF backend");
         return;
     }
-    let work = work_dir();
+    let work = work_dir("rules-e2e");
     let w = work.path();
     let t = |name: &str| fake(w, "true", "/bin/true", name);
     let s = |name: &str| fake(w, "sh", "/bin/sh", name);
@@ -237,7 +224,7 @@ fn benign_workload_triggers_no_shipped_rule() {
         eprintln!("skipped: benign_workload_triggers_no_shipped_rule needs root for the eBPF backend");
         return;
     }
-    let work = work_dir();
+    let work = work_dir("rules-e2e");
     let agent = start_agent(work.path());
     // A short shell session and a toolchain query, under a parent we can name.
     let session = fake(work.path(), "sh", "/bin/sh", "benign-session");

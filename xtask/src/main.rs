@@ -85,8 +85,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    // xtask lives in <root>/xtask.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_owned)
+    // xtask lives in <root>/xtask. `cargo xtask` (cargo run) sets
+    // CARGO_MANIFEST_DIR at run time; it is read then rather than compiled
+    // in, because checkouts sharing a target dir share this binary.
+    let dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.parent().map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use daemoneye_lib::models::alert_json;
 use daemoneye_lib::proto::{Alert, Severity};
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpStream, UdpSocket, UnixDatagram};
+use tokio::net::{TcpStream, UdpSocket};
 
 use super::SendError;
 
@@ -116,7 +116,7 @@ pub struct Header {
 impl Header {
     /// This host and process, with the given facility and app name.
     pub fn local(facility: u8, app_name: &str) -> Self {
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let host = crate::os::hostname();
         Self {
             facility,
             hostname: header_field(&host, 255),
@@ -210,8 +210,9 @@ impl SyslogSink {
         let err = |what: &str, e: std::io::Error| SendError::Retry(format!("syslog {what}: {e}"));
         match &self.address {
             Address::Unix(path) => {
-                let sock = UnixDatagram::unbound().map_err(|e| err("unix socket", e))?;
-                sock.send_to(msg.as_bytes(), path).await.map_err(|e| err(&path.display().to_string(), e))?;
+                crate::os::send_unix_datagram(path, msg.as_bytes())
+                    .await
+                    .map_err(|e| err(&path.display().to_string(), e))?;
             }
             Address::Udp(addr) => {
                 if msg.len() > MAX_UDP {

@@ -11,8 +11,8 @@ pub(crate) const UNIT_NAME: &str = "daemoneye-agent.service";
 /// The system user and group.
 pub(crate) const USER: &str = "daemoneye";
 
-/// Capabilities the agent's unit grants; procmond, the agent's child, gets
-/// the same bounding set and no more. Why each:
+/// Capabilities the agent's unit grants at start; procmond, the agent's
+/// child, gets the same bounding set and no more. Why each:
 /// - `CAP_BPF`, `CAP_PERFMON`: load procmond's eBPF programs and attach them
 ///   to tracepoints (perf events).
 /// - `CAP_SYS_RESOURCE`: raise `RLIMIT_MEMLOCK` for BPF maps on older kernels.
@@ -26,6 +26,11 @@ pub(crate) const USER: &str = "daemoneye";
 ///
 /// Everything else (`CAP_SYS_ADMIN`, `CAP_SYS_MODULE`, `CAP_NET_RAW`, ...)
 /// is outside the bounding set, so neither process can ever regain it.
+///
+/// After start (see [`systemd_unit`]'s comments): procmond keeps
+/// `CAP_DAC_READ_SEARCH` and `CAP_SYS_PTRACE` only, in its effective,
+/// permitted and bounding sets (inheritable and ambient empty); the agent
+/// runs as `daemoneye` with no capabilities at all.
 pub(crate) const CAPABILITIES: &str = "CAP_BPF CAP_PERFMON CAP_SYS_RESOURCE CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP";
 
 /// The agent's systemd unit.
@@ -53,28 +58,36 @@ TimeoutStopSec=30s
 # SIGTERM to the agent only: it stops procmond itself; stragglers get SIGKILL.
 KillMode=mixed
 
-# Root until privilege dropping lands; the group makes the sockets (mode
-# 0660) usable by members of the daemoneye group.
+# Privileges. The agent starts as root because it launches procmond, then
+# (config.toml: agent.user = "{USER}") drops to {USER}:{USER} with no
+# capabilities once procmond runs and its sockets are bound. procmond, after
+# attaching its kernel source, keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE
+# only (effective = permitted = bounding; inheritable and ambient empty;
+# recorded in the ledger as a privilege_drop audit record), sets
+# no_new_privs, and its seccomp filter refuses every socket but AF_UNIX and
+# AF_NETLINK. If procmond exits later, the unprivileged agent cannot start
+# it again: it exits non-zero and Restart=on-failure restarts both. The group
+# makes the sockets (mode 0660) usable by members of the {USER} group and the
+# ledger readable by the agent.
 User=root
 Group={USER}
 UMask=0027
 
 # /var/lib/daemoneye: store, ledger, keys. /run/daemoneye: sockets.
-# /var/log/daemoneye: for file sinks.
+# /var/log/daemoneye: for file sinks, which the agent creates and rotates
+# as {USER} (hence group-writable).
 StateDirectory=daemoneye
 StateDirectoryMode=0750
 RuntimeDirectory=daemoneye
 RuntimeDirectoryMode=0750
 LogsDirectory=daemoneye
-LogsDirectoryMode=0750
+LogsDirectoryMode=0770
 ConfigurationDirectory=daemoneye
 
-# Capabilities (see CAPABILITIES in cli/src/service/units.rs): eBPF attach,
-# /proc and executable reads, the proc connector, and privilege dropping.
-# The bounding set is inherited by procmond; ambient capabilities keep them
-# across exec once the unit runs as an unprivileged user.
+# Capabilities at start (see CAPABILITIES in cli/src/service/units.rs):
+# eBPF attach, /proc and executable reads, the proc connector, and
+# privilege dropping. procmond inherits this bounding set as root.
 CapabilityBoundingSet={CAPABILITIES}
-AmbientCapabilities={CAPABILITIES}
 LimitMEMLOCK=infinity
 
 # Hardening. The whole file system is read-only except the paths below.
@@ -126,8 +139,11 @@ pub(crate) fn installed_config(data_dir: &str, run_dir: &str, rules_dir: &str) -
          #\n\
          # The paths the service uses:\n\
          [general]\ndata_dir = {data_dir:?}\nrun_dir = {run_dir:?}\n\n[rules]\ndir = {rules_dir:?}\n\n\
+         # The agent drops to this user once procmond runs (see the unit).\n\
+         [agent]\nuser = \"{USER}\"\n\n\
          # Every other key, at its built-in default. Uncomment a line (and its\n\
-         # [section] header, once) to change it; `daemoneye-cli config validate`\n\
+         # [section] header, once, unless the section is above) to change it;\n\
+         # `daemoneye-cli config validate`\n\
          # checks the result.\n#\n"
     );
     for line in DEFAULT_CONFIG_TOML.lines() {
@@ -184,6 +200,7 @@ mod tests {
         assert_eq!(c.run_dir(), Path::new("/run/daemoneye"));
         assert_eq!(c.agent_socket(), Path::new("/run/daemoneye/agent.sock"));
         assert_eq!(c.rules.dir, Path::new("/etc/daemoneye/rules"));
+        assert_eq!(c.agent.user, USER);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! One socket connection: identity, handshake, reader loop, writer task.
+//! One connection (socket or pipe): identity, handshake, reader loop, writer
+//! task.
 //!
 //! The reader (this connection's task) decodes frames with a per-frame
 //! deadline and applies them; everything it sends back (Welcome, Ack, Pong,
 //! errors) and the subscription queues it creates go to the writer task,
-//! which alone owns the socket's write half. A client that stops reading
+//! which alone owns the connection's write half. A client that stops reading
 //! therefore fills only its own queues.
 //!
 //! A bad frame (malformed, oversized, stalled, unknown kind, protocol
@@ -18,8 +19,6 @@ use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{Ack, BusErrorCode, BusMessage, Hello, Pong, Welcome};
 use futures::stream::{SelectAll, Stream};
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +30,7 @@ use crate::acl::PeerIdentity;
 use crate::error::BusError;
 use crate::frame::{BusCodec, FrameReader, OutFrame, PROTOCOL_VERSION, error_message, message};
 use crate::stats::SubCounters;
+use crate::transport::{self, ReadHalf, WriteHalf};
 
 /// Capacity of a connection's control queue (replies and new subscriptions).
 const CONTROL_QUEUE: usize = 256;
@@ -46,7 +46,7 @@ pub(crate) enum WriterCmd {
     Close,
 }
 
-type Writer = FramedWrite<OwnedWriteHalf, BusCodec>;
+type Writer = FramedWrite<WriteHalf, BusCodec>;
 type SubStream = Pin<Box<dyn Stream<Item = SubItem> + Send>>;
 
 struct SubItem {
@@ -57,17 +57,17 @@ struct SubItem {
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.
-pub(super) async fn refuse(stream: UnixStream, max_frame_size: usize) {
+pub(super) async fn refuse(stream: transport::Stream, max_frame_size: usize) {
     let mut w = FramedWrite::new(stream, BusCodec::new(max_frame_size));
     let msg =
         error_message(BusErrorCode::Protocol, "the event bus broker has reached its connection limit; retry later", 0);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), w.send(msg)).await;
 }
 
-/// Serves one accepted socket until it closes or the broker shuts down.
-pub(super) async fn serve(shared: Arc<BrokerShared>, stream: UnixStream) {
+/// Serves one accepted connection until it closes or the broker shuts down.
+pub(super) async fn serve(shared: Arc<BrokerShared>, stream: transport::Stream) {
     let _active = ActiveGuard(Arc::clone(&shared));
-    let peer = match peer_identity(&stream).await {
+    let peer = match stream.peer_identity().await {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "cannot read the peer credentials of a bus connection; closing it");
@@ -86,14 +86,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn peer_identity(stream: &UnixStream) -> std::io::Result<PeerIdentity> {
-    let cred = stream.peer_cred()?;
-    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-    let exe = if pid > 0 { tokio::fs::read_link(format!("/proc/{pid}/exe")).await.ok() } else { None };
-    Ok(PeerIdentity { uid: cred.uid(), gid: cred.gid(), pid, exe })
-}
-
-async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) {
+async fn run(shared: Arc<BrokerShared>, stream: transport::Stream, peer: PeerIdentity) {
     let (rd, wr) = stream.into_split();
     let codec = BusCodec::new(shared.config.max_frame_size);
     let mut reader = FrameReader::new(rd, codec, Some(shared.config.frame_timeout));
@@ -148,7 +141,7 @@ async fn run(shared: Arc<BrokerShared>, stream: UnixStream, peer: PeerIdentity) 
     info!(client = %conn.client_name, "bus client disconnected");
 }
 
-async fn handshake(shared: &BrokerShared, reader: &mut FrameReader<OwnedReadHalf>) -> Result<Hello, BusError> {
+async fn handshake(shared: &BrokerShared, reader: &mut FrameReader<ReadHalf>) -> Result<Hello, BusError> {
     let path = shared.socket_path.clone();
     let limit = shared.config.handshake_timeout;
     let first = tokio::select! {
@@ -177,7 +170,7 @@ async fn handshake(shared: &BrokerShared, reader: &mut FrameReader<OwnedReadHalf
 async fn read_loop(
     shared: &BrokerShared,
     conn: &Arc<ConnInfo>,
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut FrameReader<ReadHalf>,
     ctl: &mpsc::Sender<WriterCmd>,
 ) -> Option<BusMessage> {
     loop {

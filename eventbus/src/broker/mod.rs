@@ -1,16 +1,19 @@
-//! The embedded broker: binds the Unix socket, accepts connections, routes
-//! messages and reports statistics.
+//! The embedded broker: binds its endpoint (a Unix socket, a named pipe on
+//! Windows: see [`crate::transport`]), accepts connections, routes messages
+//! and reports statistics.
 //!
 //! - `mod.rs` (this file): configuration, [`Broker::bind`], the accept loop
 //!   and [`BrokerHandle`].
 //! - `router`: the subscription registry and message routing with
 //!   per-subscription bounded queues and backpressure policies.
-//! - `conn`: one socket connection: handshake, a reader loop that applies
-//!   requests, and a writer task that owns the socket's write half.
+//! - `conn`: one connection: handshake, a reader loop that applies
+//!   requests, and a writer task that owns the connection's write half.
 //! - `local`: in-process clients for the agent itself (no socket hop).
 //!
 //! *Architecture invariant:* the broker never trusts what a client says
-//! about itself; access decisions use `SO_PEERCRED` and `/proc/<pid>/exe`.
+//! about itself; access decisions use the identity the OS reports for the
+//! connection (`SO_PEERCRED` and `/proc/<pid>/exe`; on Windows the pipe
+//! client's process and token).
 //! *Architecture invariant:* nothing a peer sends can stall another peer:
 //! each connection has its own reader and writer task, each subscription its
 //! own bounded queue, and a `Block` subscriber holds a publisher for at most
@@ -21,13 +24,11 @@ mod local;
 mod router;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -36,6 +37,7 @@ use crate::acl::{AccessPolicy, PeerIdentity};
 use crate::error::BusError;
 use crate::frame::DEFAULT_MAX_FRAME_SIZE;
 use crate::stats::{BrokerStats, ConnectionStats, TopicTable};
+use crate::transport::{BindOptions, Listener};
 
 pub use local::LocalClient;
 pub(crate) use local::LocalConnGuard;
@@ -57,9 +59,11 @@ pub struct BrokerConfig {
     /// How long a publish waits for a full `Block` subscription before the
     /// message is dropped (and counted) for that subscriber. Default 5 s.
     pub block_timeout: Duration,
-    /// Mode of the socket file. Default `0o660`.
+    /// Mode of the socket file. Default `0o660`. (Windows: unused, the
+    /// pipe's descriptor is [`crate::transport::PIPE_SDDL`].)
     pub socket_mode: u32,
     /// Group of the socket file (e.g. the `daemoneye` group), if set.
+    /// (Windows: unused.)
     pub socket_gid: Option<u32>,
     /// Most simultaneous socket connections. Default 256.
     pub max_connections: usize,
@@ -97,27 +101,23 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds `path` and serves until `cancel` fires.
+    /// Binds `path` (a socket path; a pipe name on Windows) and serves until
+    /// `cancel` fires.
     ///
-    /// Creates the parent directory, removes a stale socket file (but refuses
-    /// to replace a live broker's socket or a non-socket file), binds under a
-    /// temporary name, sets `socket_mode` (and `socket_gid`), then renames the
-    /// socket into place so it is never reachable with the wrong mode.
+    /// On Unix: creates the parent directory, removes a stale socket file
+    /// (but refuses to replace a live broker's socket or a non-socket file),
+    /// binds under a temporary name, sets `socket_mode` (and `socket_gid`),
+    /// then renames the socket into place so it is never reachable with the
+    /// wrong mode. On Windows: creates the pipe's first instance, refusing a
+    /// name someone else holds. See [`crate::transport`].
     pub async fn bind(path: &Path, config: BrokerConfig, cancel: CancellationToken) -> Result<BrokerHandle, BusError> {
-        let listener = bind_socket(path, &config).await?;
-        let bind_err = |reason: String| BusError::Bind { path: path.to_owned(), reason };
-        let meta = std::fs::metadata(path).map_err(|e| bind_err(format!("cannot stat the bound socket: {e}")))?;
-        let identity = PeerIdentity {
-            uid: meta.uid(),
-            gid: meta.gid(),
-            pid: std::process::id(),
-            exe: std::env::current_exe().ok(),
-        };
+        let options = BindOptions { mode: config.socket_mode, gid: config.socket_gid };
+        let listener = Listener::bind(path, &options).await?;
+        let identity = listener.owner().clone();
         let shared = Arc::new(BrokerShared {
             broker_uid: identity.uid,
             identity,
             socket_path: path.to_owned(),
-            socket_ino: (meta.dev(), meta.ino()),
             config,
             router: router::Router::default(),
             topics: TopicTable::default(),
@@ -168,7 +168,7 @@ impl BrokerHandle {
         LocalClient::new(Arc::clone(&self.shared), name)
     }
 
-    /// The socket path.
+    /// The socket path (the pipe name on Windows).
     pub fn socket_path(&self) -> &Path {
         &self.shared.socket_path
     }
@@ -198,7 +198,6 @@ pub(crate) struct BrokerShared {
     pub(crate) broker_uid: u32,
     pub(crate) identity: PeerIdentity,
     pub(crate) socket_path: PathBuf,
-    socket_ino: (u64, u64),
     pub(crate) router: router::Router,
     pub(crate) topics: TopicTable,
     pub(crate) counters: Counters,
@@ -261,60 +260,14 @@ impl BrokerShared {
     }
 }
 
-async fn bind_socket(path: &Path, config: &BrokerConfig) -> Result<UnixListener, BusError> {
-    let bind_err = |reason: String| BusError::Bind { path: path.to_owned(), reason };
-    let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
-        return Err(bind_err("the path has no parent directory or file name".to_owned()));
-    };
-    if !parent.as_os_str().is_empty() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| bind_err(format!("cannot create the directory {}: {e}", parent.display())))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).await.is_ok() {
-                return Err(BusError::AlreadyRunning { path: path.to_owned() });
-            }
-            std::fs::remove_file(path).map_err(|e| bind_err(format!("cannot remove the stale socket: {e}")))?;
-            info!(socket = %path.display(), "removed stale event bus socket");
-        }
-        Ok(_) => {
-            return Err(bind_err(
-                "the path exists and is not a socket; remove it or choose another run directory".to_owned(),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(bind_err(format!("cannot inspect the path: {e}"))),
-    }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)
-        .map_err(|e| bind_err(format!("bind failed: {e} (socket paths are limited to 107 bytes)")))?;
-    let finish = || -> std::io::Result<()> {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(config.socket_mode))?;
-        if let Some(gid) = config.socket_gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
-        }
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = finish() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(bind_err(format!("cannot set mode, group or name of the socket: {e}")));
-    }
-    Ok(listener)
-}
-
-async fn accept_loop(shared: Arc<BrokerShared>, listener: UnixListener) {
+async fn accept_loop(shared: Arc<BrokerShared>, mut listener: Listener) {
     loop {
         let accepted = tokio::select! {
             () = shared.cancel.cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 let active = shared.counters.active_sockets.load(Ordering::Relaxed);
                 if active >= shared.config.max_connections as u64 {
                     shared.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
@@ -335,12 +288,7 @@ async fn accept_loop(shared: Arc<BrokerShared>, listener: UnixListener) {
             }
         }
     }
+    // Removes the socket if it is still ours (not replaced by a new broker).
     drop(listener);
-    // Remove the socket only if it is still ours (not replaced by a new broker).
-    if let Ok(meta) = std::fs::metadata(&shared.socket_path)
-        && (meta.dev(), meta.ino()) == shared.socket_ino
-    {
-        let _ = std::fs::remove_file(&shared.socket_path);
-    }
     info!(socket = %shared.socket_path.display(), "event bus broker stopped accepting");
 }

@@ -1,4 +1,4 @@
-//! The client's two tasks: the writer (outgoing queue to socket) and the
+//! The client's two tasks: the writer (outgoing queue to the connection) and the
 //! reader (deliveries to subscription queues, answers to pending requests).
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,7 +7,6 @@ use bytes::Bytes;
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{BackpressurePolicy, BusMessage, Pong, Unsubscribe};
 use futures::{FutureExt, SinkExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +16,10 @@ use super::State;
 use crate::error::BusError;
 use crate::frame::{BusCodec, FrameReader, message};
 use crate::subscription::{Delivery, set_reason};
+use crate::transport::{ReadHalf, WriteHalf};
 
 pub(super) async fn write_loop(
-    mut w: FramedWrite<OwnedWriteHalf, BusCodec>,
+    mut w: FramedWrite<WriteHalf, BusCodec>,
     mut rx: mpsc::Receiver<BusMessage>,
     cancel: CancellationToken,
 ) {
@@ -56,7 +56,7 @@ pub(super) async fn write_loop(
 }
 
 pub(super) async fn read_loop(
-    mut reader: FrameReader<OwnedReadHalf>,
+    mut reader: FrameReader<ReadHalf>,
     state: Arc<Mutex<State>>,
     out: mpsc::Sender<BusMessage>,
     cancel: CancellationToken,

@@ -1,4 +1,5 @@
-//! [`BusClient`]: a connection to the broker over its Unix socket.
+//! [`BusClient`]: a connection to the broker over its Unix socket (named pipe
+//! on Windows; see [`crate::transport`]).
 //!
 //! A client owns two tasks: a writer that drains a bounded outgoing queue
 //! into the socket, and a reader that routes `Deliver` frames to the
@@ -49,7 +50,6 @@ use daemoneye_lib::proto::{
 };
 use futures::SinkExt;
 use prost::Message;
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -137,7 +137,7 @@ impl BusClient {
 
     /// [`Self::connect`] with explicit options.
     pub async fn connect_with(path: &Path, client_name: &str, options: ClientOptions) -> Result<Self, BusError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
+        let stream = crate::transport::connect(path).await.map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 BusError::BrokerUnavailable { path: path.to_owned(), source }
             }

@@ -1,5 +1,6 @@
 //! Shared helpers of the event bus integration tests: a broker in a tempdir
-//! and raw-socket frame helpers.
+//! (its endpoint from the same function the agent uses: a socket on Unix, a
+//! pipe on Windows) and raw-connection frame helpers over the transport.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_eventbus::frame::{encode_to_bytes, message};
+use daemoneye_eventbus::transport::{self, Stream};
 use daemoneye_eventbus::{AccessPolicy, Broker, BrokerConfig, BrokerHandle, Delivery, Subscription};
 use daemoneye_lib::proto::bus_message::Kind;
 use daemoneye_lib::proto::{BusMessage, Hello};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 /// Generous bound for "this should happen"; never a performance assertion.
@@ -29,7 +30,7 @@ pub(crate) struct TestBroker {
 impl TestBroker {
     pub(crate) async fn start(config: BrokerConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run").join("bus.sock");
+        let path = daemoneye_lib::config::local_endpoint(&dir.path().join("run"), "bus", cfg!(windows));
         let cancel = CancellationToken::new();
         let handle = Broker::bind(&path, config, cancel.clone()).await.unwrap();
         Self { dir, path, handle, cancel }
@@ -61,8 +62,8 @@ pub(crate) fn payload(s: &str) -> Bytes {
 }
 
 /// A raw connection that completed the handshake.
-pub(crate) async fn raw_connect(path: &std::path::Path) -> UnixStream {
-    let mut s = UnixStream::connect(path).await.unwrap();
+pub(crate) async fn raw_connect(path: &std::path::Path) -> Stream {
+    let mut s = transport::connect(path).await.unwrap();
     let hello = message(Kind::Hello(Hello { client_name: "raw".into(), protocol_version: 1 }));
     s.write_all(&encode_to_bytes(&hello)).await.unwrap();
     match read_msg(&mut s).await.and_then(|m| m.kind) {
@@ -72,7 +73,7 @@ pub(crate) async fn raw_connect(path: &std::path::Path) -> UnixStream {
 }
 
 /// Reads one frame; `None` at end of stream.
-pub(crate) async fn read_msg(s: &mut UnixStream) -> Option<BusMessage> {
+pub(crate) async fn read_msg(s: &mut Stream) -> Option<BusMessage> {
     tokio::time::timeout(WAIT, async {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).await.is_err() {
@@ -87,7 +88,7 @@ pub(crate) async fn read_msg(s: &mut UnixStream) -> Option<BusMessage> {
 }
 
 /// Reads frames until an error frame; returns its code.
-pub(crate) async fn read_error(s: &mut UnixStream) -> daemoneye_lib::proto::BusError {
+pub(crate) async fn read_error(s: &mut Stream) -> daemoneye_lib::proto::BusError {
     loop {
         match read_msg(s).await.and_then(|m| m.kind) {
             Some(Kind::Error(e)) => return e,
@@ -98,7 +99,7 @@ pub(crate) async fn read_error(s: &mut UnixStream) -> daemoneye_lib::proto::BusE
 }
 
 /// Asserts the broker closed the connection.
-pub(crate) async fn assert_closed(s: &mut UnixStream) {
+pub(crate) async fn assert_closed(s: &mut Stream) {
     let mut buf = [0u8; 64];
     loop {
         match tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("connection not closed in time") {

@@ -259,6 +259,12 @@ struct DetailWire {
 }
 
 impl AuditRecord {
+    /// The action of procmond's capability drop and sandbox: details
+    /// `<set>_before` and `<set>_after` for the effective, permitted,
+    /// inheritable, ambient and bounding sets (capability names joined by
+    /// commas, `none` when empty), then `no_new_privs` and `seccomp`.
+    pub const PRIVILEGE_DROP: &'static str = "privilege_drop";
+
     /// Builds a record from borrowed strings.
     pub fn new(action: &str, details: &[(&str, &str)]) -> AuditRecord {
         AuditRecord {

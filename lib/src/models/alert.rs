@@ -26,6 +26,25 @@ pub fn parse_severity(s: &str) -> Option<Severity> {
     }
 }
 
+/// The keys of [`alert_json`], in order; `row` (the matching row, an
+/// object) is last.
+pub const ALERT_FIELDS: [&str; 14] = [
+    "id",
+    "alert_time",
+    "rule_id",
+    "title",
+    "description",
+    "severity",
+    "process_key",
+    "pid",
+    "event_seq",
+    "correlation_id",
+    "dedupe_key",
+    "occurrences",
+    "last_seen",
+    "row",
+];
+
 /// An alert as one JSON object; the matching row is embedded as an object.
 pub fn alert_json(a: &Alert) -> Json {
     let row: Json = serde_json::from_str(&a.row_json).unwrap_or_else(|_| Json::Object(Map::new()));

@@ -9,7 +9,7 @@ mod key;
 mod merge;
 pub mod time;
 
-pub use alert::{alert_json, parse_severity, severity_name};
+pub use alert::{ALERT_FIELDS, alert_json, parse_severity, severity_name};
 pub use key::{ProcessKey, ProcessKeyError, TICK_NS, boot_id};
 pub use merge::{apply_event, merge_record};
 

@@ -20,3 +20,6 @@ pub mod ebpf;
 /// The proc connector backend: netlink process events enriched from `/proc`.
 #[cfg(target_os = "linux")]
 pub mod proc_connector;
+/// procmond's sandbox: capability drop and the network-refusing seccomp filter.
+#[cfg(target_os = "linux")]
+pub mod sandbox;

@@ -2,14 +2,18 @@
 //!
 //! Split like every platform crate:
 //!
-//! - [`fields`], [`translate`], [`cmdline`] and the pure parts of [`pipe`]
-//!   are plain Rust, compiled and unit-tested on every OS against fixtures
-//!   shaped like the provider's events (manifest field names and types).
+//! - [`fields`], [`translate`] and [`cmdline`] are plain Rust, compiled and
+//!   unit-tested on every OS against fixtures shaped like the provider's
+//!   events (manifest field names and types).
 //! - `binding` (the ETW session through ferrisetw, the process queries,
-//!   SeDebugPrivilege), `service` (the agent as a Windows service, through
-//!   windows-service) and the named-pipe constructor exist only on Windows
-//!   (`cfg(windows)`); CI type-checks them with
-//!   `--target x86_64-pc-windows-gnu`.
+//!   SeDebugPrivilege) and `service` (the agent as a Windows service,
+//!   through windows-service) exist only on Windows (`cfg(windows)`); CI
+//!   type-checks them with `--target x86_64-pc-windows-gnu`.
+//!
+//! The named pipes of the bus and the agent API (SYSTEM + Administrators
+//! descriptor, first-instance check, client identity) are not here but in
+//! `daemoneye_eventbus::transport`, which the bus, the agent and the CLI
+//! share without depending on a platform crate.
 //!
 //! # Why `Microsoft-Windows-Kernel-Process` and not the NT kernel logger
 //!
@@ -28,7 +32,6 @@
 
 pub mod cmdline;
 pub mod fields;
-pub mod pipe;
 pub mod translate;
 
 #[cfg(windows)]
