@@ -209,9 +209,10 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
 
     let ingest = {
         let shared = Arc::clone(&shared);
+        let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || pipeline::run_ingest(&shared, rx))
+            .spawn(move || pipeline::run_ingest(&shared, rx, &rt))
             .context("starting the ingest thread")?
     };
 

@@ -4,13 +4,18 @@
 //! bounded channel from the bus subscription. For each batch it:
 //! 1. fills any seq gap from procmond's ledger (a message the bus dropped, or
 //!    events written while the agent was down),
-//! 2. applies the batch to the store in one transaction (with
-//!    `last_applied_seq`), then to the in-memory view,
-//! 3. evaluates every streaming rule on every event, and raises alerts.
+//! 2. applies the batch to the in-memory view and stages the changed rows
+//!    and the events for the store,
+//! 3. evaluates every streaming rule on every event, and raises alerts,
+//! 4. writes what is staged to the store in one transaction (with
+//!    `last_applied_seq`) once `agent.batch_size` events or
+//!    [`STORE_FLUSH_EVERY`] have passed, so that redb's cost per transaction
+//!    is shared by many events while rules still see each one at once.
 //!
-//! *Architecture invariant:* an event is applied at most once (the store
-//! skips seqs at or below `last_applied_seq`) and at least once (gaps are
-//! filled from the ledger, which has every event before the bus does).
+//! *Architecture invariant:* an event is applied at most once (seqs at or
+//! below `last_applied_seq` are skipped) and at least once (gaps are filled
+//! from the ledger, which has every event before the bus does; after a
+//! crash, catch-up resumes at the store's `last_applied_seq`).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use daemoneye_lib::detection::schema::event_row;
 use daemoneye_lib::detection::{Limits, Params, RuleSet, Value};
 use daemoneye_lib::ledger::{LedgerReader, RecordKind};
+use daemoneye_lib::models::event_type_name;
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{EventType, ProcessEvent};
 use prost::Message;
@@ -27,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::alerts::{AlertManager, Match};
 use crate::health::Health;
-use crate::store::Store;
+use crate::store::{PendingBatch, STORE_FLUSH_EVERY, Store};
 use crate::table::{ProcessTable, QueryTables};
 
 /// An event as it reaches the pipeline.
@@ -78,13 +84,29 @@ impl Shared {
     }
 }
 
-/// Runs the ingest loop until the channel closes. Call on a dedicated thread.
-pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>) {
+/// Runs the ingest loop until the channel closes. Call on a dedicated
+/// thread; `rt` is the runtime the bus runs on (for the flush timer).
+pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>, rt: &tokio::runtime::Handle) {
     let mut last_prune = Instant::now();
+    let mut pending = PendingBatch::default();
     // Catch up with what the ledger has that the store does not, before the
     // live stream (the live copies of these are then skipped as duplicates).
-    catch_up(shared, None);
-    while let Some(first) = rx.blocking_recv() {
+    catch_up(shared, None, &mut pending);
+    loop {
+        let first = if pending.is_empty() {
+            rx.blocking_recv()
+        } else {
+            let wait = STORE_FLUSH_EVERY.saturating_sub(pending.age());
+            // The timer must be made inside the runtime's context.
+            match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                Ok(first) => first,
+                Err(_) => {
+                    flush(shared, &mut pending);
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < shared.batch_size {
             match rx.try_recv() {
@@ -92,18 +114,40 @@ pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>) {
                 Err(_) => break,
             }
         }
-        process_batch(shared, batch);
+        process_batch(shared, batch, &mut pending);
+        if pending.len() >= shared.batch_size || pending.age() >= STORE_FLUSH_EVERY {
+            flush(shared, &mut pending);
+        }
         if last_prune.elapsed() >= Duration::from_secs(30) {
+            flush(shared, &mut pending);
             prune(shared);
             last_prune = Instant::now();
         }
     }
+    flush(shared, &mut pending);
     if let Err(e) = shared.store.flush() {
         tracing::warn!(error = %e, "could not make the store durable at shutdown; the next start catches up from the ledger");
     }
 }
 
-fn process_batch(shared: &Shared, mut batch: Vec<Incoming>) {
+/// Most events kept staged while the store refuses writes; beyond it they
+/// are dropped from memory (the ledger keeps them, and the next start
+/// catches up from the store's `last_applied_seq`).
+const MAX_PENDING_ON_ERROR: usize = 1 << 20;
+
+/// Writes what is staged to the store.
+fn flush(shared: &Shared, pending: &mut PendingBatch) {
+    if let Err(e) = shared.store.write_pending(pending) {
+        if pending.len() > MAX_PENDING_ON_ERROR {
+            tracing::error!(error = %e, events = pending.len(), "the store keeps refusing writes; dropping staged state (the ledger has it: restart the agent to catch up)");
+            *pending = PendingBatch::default();
+        } else {
+            tracing::error!(error = %e, events = pending.len(), "could not write to the store; retrying with the next batch");
+        }
+    }
+}
+
+fn process_batch(shared: &Shared, mut batch: Vec<Incoming>, pending: &mut PendingBatch) {
     Health::add(&shared.health.events_received, batch.len() as u64);
     let last = shared.health.last_applied_seq.load(Relaxed);
     if let Some(first_seq) = batch.iter().map(|i| i.event.seq).filter(|s| *s > last).min()
@@ -111,16 +155,16 @@ fn process_batch(shared: &Shared, mut batch: Vec<Incoming>) {
     {
         Health::add(&shared.health.seq_gaps, 1);
         tracing::info!(from = last + 1, to = first_seq - 1, "sequence gap on the bus; reading the ledger");
-        catch_up(shared, Some(first_seq));
+        catch_up(shared, Some(first_seq), pending);
     }
     batch.retain(|i| i.event.seq > shared.health.last_applied_seq.load(Relaxed));
     batch.sort_by_key(|i| i.event.seq);
-    apply(shared, batch);
+    apply(shared, batch, pending);
 }
 
 /// Applies ledger records from `last_applied_seq + 1` up to (excluding)
 /// `until`, or to the ledger's end.
-fn catch_up(shared: &Shared, until: Option<u64>) {
+fn catch_up(shared: &Shared, until: Option<u64>, pending: &mut PendingBatch) {
     let from = shared.health.last_applied_seq.load(Relaxed) + 1;
     let reader = match LedgerReader::open(&shared.ledger_dir) {
         Ok(r) => r,
@@ -164,43 +208,36 @@ fn catch_up(shared: &Shared, until: Option<u64>) {
             }
         }
         if batch.len() >= shared.batch_size {
-            apply(shared, std::mem::take(&mut batch));
+            apply(shared, std::mem::take(&mut batch), pending);
+            flush(shared, pending);
         }
     }
     if !batch.is_empty() {
-        apply(shared, batch);
+        apply(shared, batch, pending);
     }
     if caught > 0 {
         tracing::info!(from, events = caught, "caught up from the ledger");
     }
 }
 
-fn apply(shared: &Shared, batch: Vec<Incoming>) {
-    if batch.is_empty() {
-        return;
-    }
-    let events: Vec<ProcessEvent> = batch.iter().map(|i| i.event.clone()).collect();
-    let applied = {
-        let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        shared.store.apply_batch(&events, &|k| table.get(k).cloned())
-    };
-    let applied = match applied {
-        Ok(a) => a,
-        Err(e) => {
-            // The events stay in the ledger: the next batch's gap check
-            // re-reads them once the store works again.
-            tracing::error!(error = %e, events = events.len(), "could not apply a batch to the store");
-            return;
-        }
-    };
+/// Applies `batch` (new seqs, in order) to the in-memory view, stages it for
+/// the store, and evaluates the streaming rules on it.
+fn apply(shared: &Shared, batch: Vec<Incoming>, pending: &mut PendingBatch) {
+    let Some(last_seq) = batch.iter().map(|i| i.event.seq).max() else { return };
+    let mut states = Vec::with_capacity(batch.len());
     {
         let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for st in applied.states.iter().flatten() {
-            table.upsert(st.clone());
+        for inc in &batch {
+            let before = inc.event.process.as_ref().and_then(|r| table.get(&r.process_key)).cloned();
+            let after = pending.stage(&inc.event, before);
+            if let Some(st) = &after {
+                table.upsert(st.clone());
+            }
+            states.push(after);
         }
     }
-    shared.health.last_applied_seq.store(applied.last_applied_seq, Relaxed);
-    evaluate_streaming(shared, &batch, &applied.states);
+    shared.health.last_applied_seq.fetch_max(last_seq, Relaxed);
+    evaluate_streaming(shared, &batch, &states);
 }
 
 /// A streaming rule's match: (event index, rule index, columns, row).
@@ -221,12 +258,16 @@ fn evaluate_streaming(shared: &Shared, batch: &[Incoming], states: &[Option<daem
             if state.is_none() && inc.event.event_type() != EventType::Gap {
                 continue;
             }
-            let row = event_row(&inc.event, state);
+            let kind = event_type_name(inc.event.event_type());
+            let mut row = None;
             for (r, lr) in rules.rules.iter().enumerate() {
-                if !lr.rule.enabled || !lr.query.is_streaming() {
+                // Most rules name the event type they want: the others are
+                // skipped without building a row or running the query.
+                if !lr.rule.enabled || !lr.query.is_streaming() || !lr.query.may_match_event_type(kind) {
                     continue;
                 }
-                match lr.query.evaluate_event(&row, &tables, &params, &shared.limits) {
+                let row = row.get_or_insert_with(|| event_row(&inc.event, state));
+                match lr.query.evaluate_event(row, &tables, &params, &shared.limits) {
                     Ok(rs) => {
                         for out in rs.rows {
                             matches.push((i, r, rs.columns.clone(), out));

@@ -77,16 +77,68 @@ pub enum StoreError {
     },
 }
 
-/// The outcome of applying one batch of events.
+/// Derived state staged in memory for the store's next write transaction:
+/// each process row as it stands after the staged events (a row touched by
+/// several events is written once), and the events themselves.
+///
+/// The pipeline applies events to its in-memory view and evaluates rules at
+/// once, and writes to redb only every [`STORE_FLUSH_EVERY`] or
+/// `agent.batch_size` events: redb's per-transaction cost then amortises
+/// over many events. The ledger has every staged event, and `last_applied_seq`
+/// is written with them, so a crash loses nothing (catch-up re-reads them).
 #[derive(Debug, Default)]
-pub struct AppliedBatch {
-    /// For each applied event, the row after it (`None` for gaps).
-    pub states: Vec<Option<ProcessState>>,
-    /// Events skipped because their seq was already applied.
-    pub duplicates: usize,
-    /// The new `last_applied_seq`.
-    pub last_applied_seq: u64,
+pub struct PendingBatch {
+    rows: std::collections::HashMap<String, ProcessState>,
+    /// (seq, encoded `ProcessEvent` as kept in `process_events`).
+    events: Vec<(u64, Vec<u8>)>,
+    last_seq: u64,
+    since: Option<std::time::Instant>,
 }
+
+impl PendingBatch {
+    /// Merges `ev` into `before` (the row as the caller knows it, including
+    /// events staged earlier) and stages the result with the event. Returns
+    /// the row after the event (`None` for gaps and unknown processes).
+    pub fn stage(&mut self, ev: &ProcessEvent, before: Option<ProcessState>) -> Option<ProcessState> {
+        let after = apply_event(before, ev);
+        // Kept with the process as it stood after this event, so a query
+        // shows each event's own state (an earlier exec's argv, not the
+        // latest one).
+        let kept = match after.as_ref().and_then(|s| s.record.clone()) {
+            Some(record) => ProcessEvent { process: Some(record), ..ev.clone() },
+            None => ev.clone(),
+        };
+        if let Some(state) = &after
+            && let Some(r) = &state.record
+        {
+            self.rows.insert(r.process_key.clone(), state.clone());
+        }
+        self.events.push((ev.seq, kept.encode_to_vec()));
+        self.last_seq = self.last_seq.max(ev.seq);
+        self.since.get_or_insert_with(std::time::Instant::now);
+        after
+    }
+
+    /// Staged events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Nothing staged.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.rows.is_empty()
+    }
+
+    /// How long the oldest staged event has waited (zero when empty).
+    pub fn age(&self) -> std::time::Duration {
+        self.since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+/// Longest time staged derived state waits for its store transaction. The
+/// in-memory view and the rules see events at once; only `process_events`
+/// queries and table rules that read them lag by up to this much.
+pub const STORE_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Most time a commit of derived state (table rows, events, deliveries)
 /// stays non-durable. Such commits skip the fsync: the ledger has every
@@ -192,69 +244,44 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a batch of events in one write transaction: every event with a
-    /// seq above `last_applied_seq` updates its process row and is kept in
-    /// `process_events`; `current` gives the row before the batch for keys the
-    /// caller has in memory (it must agree with the store).
-    pub fn apply_batch(
-        &self,
-        events: &[ProcessEvent],
-        current: &dyn Fn(&str) -> Option<ProcessState>,
-    ) -> Result<AppliedBatch, StoreError> {
+    /// Writes what `batch` staged in one write transaction with
+    /// `last_applied_seq`, and empties it. Events at or below the stored
+    /// `last_applied_seq` (a catch-up overlap) are skipped. On error the batch
+    /// is kept for the next attempt.
+    pub fn write_pending(&self, batch: &mut PendingBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let p = &self.path;
         let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
         self.relax(&mut txn)?;
-        let mut out = AppliedBatch::default();
         {
             let mut meta = txn.open_table(META).ctx(p, "opening meta")?;
-            let mut last = meta.get("last_applied_seq").ctx(p, "reading meta")?.map_or(0, |v| v.value());
+            let stored = meta.get("last_applied_seq").ctx(p, "reading meta")?.map_or(0, |v| v.value());
             let mut procs = txn.open_table(PROCESSES).ctx(p, "opening processes")?;
             let mut by_pid = txn.open_multimap_table(BY_PID).ctx(p, "opening index")?;
             let mut by_parent = txn.open_multimap_table(BY_PARENT).ctx(p, "opening index")?;
             let mut evs = txn.open_table(EVENTS).ctx(p, "opening process_events")?;
-            // Rows touched earlier in this batch win over the caller's view.
-            let mut batch_rows: std::collections::HashMap<String, ProcessState> = std::collections::HashMap::new();
-            for ev in events {
-                if ev.seq != 0 && ev.seq <= last {
-                    out.duplicates += 1;
-                    out.states.push(None);
+            for (key, state) in &batch.rows {
+                let Some(r) = &state.record else { continue };
+                procs.insert(key.as_str(), state.encode_to_vec().as_slice()).ctx(p, "writing processes")?;
+                // Index inserts are idempotent (multimap sets).
+                by_pid.insert(r.pid, key.as_str()).ctx(p, "writing index")?;
+                if let Some(parent) = &r.parent_key {
+                    by_parent.insert(parent.as_str(), key.as_str()).ctx(p, "writing index")?;
+                }
+            }
+            for (seq, bytes) in &batch.events {
+                if *seq != 0 && *seq <= stored {
                     continue;
                 }
-                let key = ev.process.as_ref().map(|r| r.process_key.clone()).unwrap_or_default();
-                let before = if key.is_empty() {
-                    None
-                } else if let Some(s) = batch_rows.get(&key) {
-                    Some(s.clone())
-                } else {
-                    current(&key)
-                };
-                let after = apply_event(before, ev);
-                if let Some(state) = &after {
-                    procs.insert(key.as_str(), state.encode_to_vec().as_slice()).ctx(p, "writing processes")?;
-                    if let Some(r) = &state.record {
-                        by_pid.insert(r.pid, key.as_str()).ctx(p, "writing index")?;
-                        if let Some(parent) = &r.parent_key {
-                            by_parent.insert(parent.as_str(), key.as_str()).ctx(p, "writing index")?;
-                        }
-                    }
-                    batch_rows.insert(key, state.clone());
-                }
-                // Kept with the process as it stood after this event, so a
-                // query shows each event's own state (an earlier exec's argv,
-                // not the latest one).
-                let kept = match after.as_ref().and_then(|s| s.record.clone()) {
-                    Some(record) => ProcessEvent { process: Some(record), ..ev.clone() },
-                    None => ev.clone(),
-                };
-                evs.insert(ev.seq, kept.encode_to_vec().as_slice()).ctx(p, "writing process_events")?;
-                last = last.max(ev.seq);
-                out.states.push(after);
+                evs.insert(*seq, bytes.as_slice()).ctx(p, "writing process_events")?;
             }
-            meta.insert("last_applied_seq", last).ctx(p, "writing meta")?;
-            out.last_applied_seq = last;
+            meta.insert("last_applied_seq", stored.max(batch.last_seq)).ctx(p, "writing meta")?;
         }
         txn.commit().ctx(p, "committing a batch")?;
-        Ok(out)
+        *batch = PendingBatch::default();
+        Ok(())
     }
 
     /// Removes exited processes whose exit is older than `exited_before_ns`
@@ -468,6 +495,25 @@ mod tests {
         }
     }
 
+    /// Stages `events` as the pipeline does (each on the row the previous
+    /// one left) and writes them; returns the rows after each event.
+    fn stage_and_write(store: &Store, events: &[ProcessEvent]) -> Vec<Option<ProcessState>> {
+        let mut batch = PendingBatch::default();
+        let mut rows: std::collections::HashMap<String, ProcessState> = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for e in events {
+            let key = e.process.as_ref().map(|r| r.process_key.clone()).unwrap_or_default();
+            let after = batch.stage(e, rows.get(&key).cloned());
+            if let Some(st) = &after {
+                rows.insert(key, st.clone());
+            }
+            out.push(after);
+        }
+        store.write_pending(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        out
+    }
+
     #[test]
     fn batches_apply_once_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -476,12 +522,12 @@ mod tests {
             let store = Store::open(&path).unwrap();
             let batch =
                 [ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exec, "b", 11), ev(3, EventType::Exit, "a", 10)];
-            let out = store.apply_batch(&batch, &|_| None).unwrap();
-            assert_eq!(out.last_applied_seq, 3);
-            assert!(!out.states[2].as_ref().unwrap().is_alive);
-            // Replaying the same seqs (catch-up overlap) changes nothing.
-            let again = store.apply_batch(&batch, &|_| None).unwrap();
-            assert_eq!(again.duplicates, 3);
+            let states = stage_and_write(&store, &batch);
+            assert!(!states[2].as_ref().unwrap().is_alive);
+            assert_eq!(store.last_applied_seq().unwrap(), 3);
+            // Replaying the same seqs (catch-up overlap) adds no event.
+            stage_and_write(&store, &batch);
+            assert_eq!(store.events(0).unwrap().len(), 3);
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.last_applied_seq().unwrap(), 3);
@@ -495,12 +541,10 @@ mod tests {
     fn prune_drops_old_exits_and_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        store
-            .apply_batch(
-                &[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)],
-                &|_| None,
-            )
-            .unwrap();
+        stage_and_write(
+            &store,
+            &[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)],
+        );
         let removed = store.prune(2_500_000_000, 1_500_000_000).unwrap();
         assert_eq!(removed, vec!["a".to_string()]);
         assert_eq!(store.load_processes().unwrap().len(), 1);

@@ -53,14 +53,22 @@ impl ProcessTable {
     pub fn upsert(&mut self, state: ProcessState) {
         let Some(rec) = state.record.as_ref() else { return };
         let key = rec.process_key.clone();
-        if let Some(old) = self.rows.get(&key) {
-            let (old_pid, old_parent) =
-                old.state.record.as_ref().map(|r| (r.pid, r.parent_key.clone())).unwrap_or_default();
-            self.unindex(&key, old_pid, old_parent.as_deref());
-        }
-        self.by_pid.entry(rec.pid).or_default().push(key.clone());
-        if let Some(parent) = &rec.parent_key {
-            self.by_parent.entry(parent.clone()).or_default().push(key.clone());
+        let old_index = self
+            .rows
+            .get(&key)
+            .map(|old| old.state.record.as_ref().map(|r| (r.pid, r.parent_key.clone())).unwrap_or_default());
+        // Most updates (exit, hash, samples) keep pid and parent: the index
+        // entries stay (re-indexing scans a parent's children, which grow
+        // with retention).
+        let same_index = old_index.as_ref().is_some_and(|(pid, parent)| *pid == rec.pid && *parent == rec.parent_key);
+        if !same_index {
+            if let Some((old_pid, old_parent)) = &old_index {
+                self.unindex(&key, *old_pid, old_parent.as_deref());
+            }
+            self.by_pid.entry(rec.pid).or_default().push(key.clone());
+            if let Some(parent) = &rec.parent_key {
+                self.by_parent.entry(parent.clone()).or_default().push(key.clone());
+            }
         }
         let row = process_row(&state);
         self.rows.insert(key, Entry { state, row });

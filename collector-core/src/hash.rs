@@ -166,6 +166,21 @@ impl Hasher {
         }
     }
 
+    /// The digest of the file at `path` when the cache already has it (one
+    /// `stat`, no read): `Ok(None)` when it does not, `Err` when the file
+    /// cannot be stat'ed. Lets the exec event carry the hash at once
+    /// instead of a later `update`. `/proc/<pid>/exe` is followed (the
+    /// running image); any other symlink is not, as in [`Hasher::hash_path`].
+    pub fn cached(&self, path: &Path) -> io::Result<Option<HashOutcome>> {
+        let meta = if is_proc_exe_link(path) { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }?;
+        if !meta.file_type().is_file() || meta.len() > self.max_size {
+            return Ok(None);
+        }
+        let Some(hex) = self.lock_cache().get(&CacheKey::of(&meta)) else { return Ok(None) };
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(HashOutcome { hex, algorithm: SHA256, from_cache: true }))
+    }
+
     /// [`Hasher::hash_path`] with a hook run after the first `fstat`, before
     /// the read (tests use it to change the file mid-hash).
     fn hash_path_with(&self, path: &Path, mid_read: &mut dyn FnMut()) -> Result<HashOutcome, HashError> {

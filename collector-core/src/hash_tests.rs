@@ -197,3 +197,27 @@ fn cache_is_bounded_and_keeps_hot_entries() {
     off.hash_path(&paths[0]).unwrap();
     assert!(!off.hash_path(&paths[0]).unwrap().from_cache);
 }
+
+#[test]
+fn cached_answers_only_for_a_known_unchanged_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prog");
+    write(&path, b"first contents");
+    let h = Hasher::new(1 << 20, 16);
+    // Not hashed yet: no answer, no read.
+    assert!(h.cached(&path).unwrap().is_none());
+    let hashed = h.hash_path(&path).unwrap();
+    let hit = h.cached(&path).unwrap().expect("cached after hashing");
+    assert_eq!(hit.hex, hashed.hex);
+    assert!(hit.from_cache);
+    // A rewrite changes size/mtime/ctime: the cache no longer answers.
+    write(&path, b"second, longer contents");
+    assert!(h.cached(&path).unwrap().is_none());
+    // A symlink is not followed; a missing file is an error the caller sees.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    h.hash_path(&path).unwrap();
+    assert!(h.cached(&link).unwrap().is_none());
+    let missing = h.cached(&dir.path().join("gone")).unwrap_err();
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+}

@@ -113,7 +113,7 @@ pub async fn run(
 ) -> Result<LedgerWriter, RuntimeError> {
     let (tx, mut rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
     let (pub_tx, pub_rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
-    let hash_tx = spawn_hash_workers(config.hash_workers.max(1), hasher, tx.clone());
+    let hash_tx = spawn_hash_workers(config.hash_workers.max(1), Arc::clone(&hasher), tx.clone());
     stats.ledger_head.store(ledger.head().0, Relaxed);
 
     let source_cancel = cancel.child_token();
@@ -159,6 +159,13 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        // An executable the cache knows is hashed on the event itself (one
+        // stat): no hash job and no `update` event.
+        for ev in &mut batch {
+            if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot) {
+                hash_from_cache(&hasher, ev);
+            }
+        }
         // Most commits only write to the page cache: done in place, which
         // spares two thread hand-offs per batch; a commit that syncs or
         // checkpoints goes to a blocking thread.
@@ -184,7 +191,9 @@ pub async fn run(
             if let Some(gap) = &ev.gap {
                 stats.lost.fetch_add(gap.lost_events, Relaxed);
             }
-            if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot) {
+            if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot)
+                && ev.process.as_ref().is_some_and(|r| r.executable_hash.is_none())
+            {
                 queue_hash(&hash_tx, &ev, &stats);
             }
             if pub_tx.try_send(ev).is_err() {
@@ -225,6 +234,27 @@ fn append_batch(
         })?;
     }
     ledger.commit()
+}
+
+/// Sets the executable hash of `ev` when the cache knows the running image
+/// (or, once the process is gone, the file at its path).
+fn hash_from_cache(hasher: &Hasher, ev: &mut ProcessEvent) {
+    let Some(rec) = ev.process.as_mut() else { return };
+    if rec.executable_hash.is_some() {
+        return;
+    }
+    let Some(path) = rec.executable_path.as_deref() else { return };
+    let proc_exe = PathBuf::from(format!("/proc/{}/exe", rec.pid));
+    // The path only when the image is gone (as `hash_update` does): while
+    // the process runs, the file at its path may be another one.
+    let hit = match hasher.cached(&proc_exe) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => hasher.cached(std::path::Path::new(path)),
+        other => other,
+    };
+    if let Ok(Some(h)) = hit {
+        rec.executable_hash = Some(h.hex);
+        rec.hash_algorithm = Some(h.algorithm.to_owned());
+    }
 }
 
 fn queue_hash(hash_tx: &std::sync::mpsc::SyncSender<HashJob>, ev: &ProcessEvent, stats: &RuntimeStats) {

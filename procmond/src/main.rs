@@ -65,8 +65,11 @@ fn main() -> anyhow::Result<ExitCode> {
     let (mut ledger, chosen) = start(&config)?;
     sandbox::enter(&mut ledger, chosen.name)?;
 
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task (source, ledger writer, publisher): each
+    // event passes through all three, and on one thread a hand-off is a
+    // queue push, not a futex wake-up. Hashing has its own threads; syncing
+    // ledger commits go to the blocking pool.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?

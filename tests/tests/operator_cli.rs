@@ -81,7 +81,13 @@ fn processes_list_tree_show_and_export() {
     assert!(whole.lines().any(|l| l.contains(&format!("── {ppid} {m}"))), "{whole}");
 
     // show: every column of the row, its events and its alerts.
-    let shown = agent.cli_json(&["processes", "show", &cpid.to_string()]);
+    // Events reach `process_events` with the agent's next store write
+    // (at most 250 ms after the table has them).
+    let shown = wait_for(Duration::from_secs(10), || {
+        let doc = agent.cli_json(&["processes", "show", &cpid.to_string()]);
+        doc["events"].as_array().is_some_and(|e| !e.is_empty()).then_some(doc)
+    })
+    .expect("the child's events in `processes show`");
     let columns: BTreeSet<&String> = shown["process"].as_object().unwrap().keys().collect();
     let expected: BTreeSet<&String> = child_row.as_object().unwrap().keys().collect();
     assert_eq!(columns, expected);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::bind;
 use super::error::SqlError;
 use super::exec::Ctx;
-use super::plan::{Plan, SourceKind};
+use super::plan::{CmpOp, Expr, Plan, SourceKind};
 use super::{Table, TableProvider, Value};
 
 /// A validated, compiled SELECT. Cheap to clone and share between threads.
@@ -15,6 +15,10 @@ use super::{Table, TableProvider, Value};
 pub struct Query {
     plan: Arc<Plan>,
     sql: Arc<str>,
+    /// For a streaming query whose WHERE has a top-level `event_type = 'x'`
+    /// or `event_type IN ('x', ...)`: those types, sorted. Lets a caller skip
+    /// the query for other events without running it.
+    event_types: Option<Arc<[Box<str>]>>,
 }
 
 /// Values for a query's parameters: `?`/`?N` by position (0-based here,
@@ -80,7 +84,17 @@ pub fn validate(sql: &str) -> Result<(), SqlError> {
 impl Query {
     /// Parses, validates and plans one SELECT.
     pub fn compile(sql: &str) -> Result<Query, SqlError> {
-        Ok(Query { plan: Arc::new(bind::compile(sql)?), sql: Arc::from(sql) })
+        let plan = bind::compile(sql)?;
+        let event_types = event_types_of(&plan);
+        Ok(Query { plan: Arc::new(plan), sql: Arc::from(sql), event_types })
+    }
+
+    /// Whether this query can match an event of type `event_type` (as SQL
+    /// sees it: `exec`, `exit`, ...). `false` only when a top-level WHERE
+    /// term of a streaming query rules the type out, so running it on
+    /// such an event would return no rows anyway.
+    pub fn may_match_event_type(&self, event_type: &str) -> bool {
+        self.event_types.as_ref().is_none_or(|types| types.binary_search_by(|t| (**t).cmp(event_type)).is_ok())
     }
 
     /// The SQL text it was compiled from.
@@ -174,4 +188,34 @@ impl Query {
         }
         Ok((positional, named))
     }
+}
+
+/// The event types a streaming plan's top-level conjuncts allow (see
+/// [`Query::may_match_event_type`]); `None` when they do not say.
+fn event_types_of(plan: &Plan) -> Option<Arc<[Box<str>]>> {
+    let first = plan.root.sources.first()?;
+    if !matches!(first.kind, SourceKind::Table(Table::ProcessEvents)) {
+        return None;
+    }
+    let column = Table::ProcessEvents.columns().iter().position(|c| c.name == "event_type")?;
+    let is_event_type = |e: &Expr| matches!(e, Expr::Col { up: 0, src: 0, idx } if *idx == column);
+    let text = |e: &Expr| match e {
+        Expr::Lit(Value::Text(t)) => Some(t.as_str().into()),
+        _ => None,
+    };
+    for term in &first.filter {
+        let found: Option<Vec<Box<str>>> = match term {
+            Expr::Cmp { op: CmpOp::Eq, l, r, .. } if is_event_type(l) => text(r).map(|t| vec![t]),
+            Expr::Cmp { op: CmpOp::Eq, l, r, .. } if is_event_type(r) => text(l).map(|t| vec![t]),
+            Expr::InList { e, list, negated: false, .. } if is_event_type(e) => {
+                list.iter().map(|(item, _)| text(item)).collect()
+            }
+            _ => None,
+        };
+        if let Some(mut types) = found {
+            types.sort();
+            return Some(types.into());
+        }
+    }
+    None
 }

@@ -231,8 +231,18 @@ fn same_rows(mut a: Vec<Vec<Value>>, mut b: Vec<Vec<Value>>, ordered: bool) -> b
 /// `process_events` row, the results concatenated.
 fn per_event(q: &Query, m: &MemTables, params: &Params) -> Result<Vec<Vec<Value>>, String> {
     let mut rows = Vec::new();
+    let type_column = Table::ProcessEvents.columns().iter().position(|c| c.name == "event_type");
     for ev in m.rows(Table::ProcessEvents) {
-        rows.extend(q.evaluate_event(ev, m, params, &Limits::default()).map_err(|e| e.to_string())?.rows);
+        let out = q.evaluate_event(ev, m, params, &Limits::default()).map_err(|e| e.to_string())?.rows;
+        // The agent skips a rule whose WHERE rules out the event's type:
+        // that must never skip a row.
+        if let Some(Value::Text(t)) = type_column.and_then(|i| ev.get(i))
+            && !out.is_empty()
+            && !q.may_match_event_type(t)
+        {
+            return Err(format!("may_match_event_type({t:?}) is false but the event matched"));
+        }
+        rows.extend(out);
     }
     Ok(rows)
 }

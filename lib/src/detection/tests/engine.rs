@@ -308,3 +308,25 @@ fn rejections_are_clear() {
     let long_chain = format!("SELECT 1{}", " + 1".repeat(3000));
     assert!(Query::compile(&long_chain).is_err());
 }
+
+#[test]
+fn event_types_a_streaming_query_can_match() {
+    let may = |sql: &str, t: &str| Query::compile(sql).unwrap().may_match_event_type(t);
+    let exec_only = "SELECT pid FROM process_events WHERE name = 'x' AND event_type = 'exec'";
+    assert!(may(exec_only, "exec"));
+    assert!(!may(exec_only, "exit"));
+    // Reversed operands, an alias, and an IN list.
+    assert!(!may("SELECT pid FROM process_events e WHERE 'exec' = e.event_type", "fork"));
+    let two = "SELECT pid FROM process_events WHERE event_type IN ('exit', 'exec') AND pid > 1";
+    assert!(may(two, "exit") && may(two, "exec") && !may(two, "update"));
+    // Terms that do not pin the type down: every type may match.
+    for sql in [
+        "SELECT pid FROM process_events WHERE event_type = 'exec' OR pid = 1",
+        "SELECT pid FROM process_events WHERE event_type NOT IN ('exec')",
+        "SELECT pid FROM process_events WHERE event_type <> 'exec'",
+        "SELECT pid FROM process_events",
+        "SELECT pid FROM processes WHERE name = 'exec'",
+    ] {
+        assert!(may(sql, "exit") && may(sql, "exec"), "{sql}");
+    }
+}
