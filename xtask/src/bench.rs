@@ -286,7 +286,12 @@ fn under_execsnoop(
     ticks: f64,
 ) -> anyhow::Result<(Measure, usize, f64)> {
     use std::io::{BufRead as _, BufReader};
-    let mut child = Command::new(execsnoop)
+    // Line-buffered: execsnoop's stdio buffers a pipe, so its header (the
+    // sign that it is attached) would only arrive once 4 KiB of output had
+    // filled the buffer, which on a quiet machine never happens.
+    let mut child = Command::new("stdbuf")
+        .arg("-oL")
+        .arg(execsnoop)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

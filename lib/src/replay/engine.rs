@@ -213,7 +213,8 @@ impl Run<'_> {
         let key = event.process.as_ref().map_or("", |r| r.process_key.as_str());
         let row = event_row(event, table.get(key));
         let tables = table.processes_only();
-        let params = Params::default();
+        // `now_ms()` is the replayed time, as it was when the event happened.
+        let params = Params { now_ms: Some(now_ms), ..Params::default() };
         for lr in &self.rules.rules {
             if !lr.rule.enabled || !lr.query.is_streaming() {
                 continue;
@@ -235,7 +236,10 @@ impl Run<'_> {
 
     /// Every enabled table rule once over the table as of `now_ns`.
     fn table_pass(&mut self, table: &mut ReplayTable, now_ns: i64) {
-        let params = Params::default();
+        // The table as of `now_ns`, with `now_ms()` at that same time (the
+        // wall clock would make time-window rules see every old process as
+        // long gone).
+        let params = Params { now_ms: Some(ns_to_ms(now_ns)), ..Params::default() };
         let mut raised = Vec::new();
         let mut any = false;
         for lr in &self.rules.rules {

@@ -177,3 +177,25 @@ fn bad_ranges_and_directories_are_clear_errors() {
     let e = state_at(empty.path(), 0, &ReplayOptions::default()).unwrap_err();
     assert!(e.to_string().contains("not a ledger directory"), "{e}");
 }
+
+#[test]
+fn now_ms_is_the_replayed_time() {
+    let fx = fixture();
+    // Matches only when now_ms() is the event's own time (the ledger clock);
+    // with the wall clock nothing would match.
+    let streaming = "id: at-now\nname: n\ndescription: d\nseverity: low\nsql: SELECT pid, process_key FROM process_events WHERE event_type = 'exec' AND event_time = now_ms()\n";
+    let out = replay(&fx.dir, fx.at(0), fx.at(10), &rules(streaming), &ReplayOptions::default()).unwrap();
+    let keys: Vec<_> = out.alerts.iter().map(|a| a.process_key.clone().unwrap()).collect();
+    assert_eq!(keys, vec!["p", "c", "d", "o"]);
+    // A table rule sees now_ms() as the pass time. The fixture's times lie
+    // in the future of the wall clock, so this is true only on the ledger
+    // clock, from the pass at 5 s on: d (alive since 4 s), then o (from 8 s).
+    let o = ReplayOptions { table_interval: Duration::from_secs(1), ..ReplayOptions::default() };
+    let later = format!(
+        "id: later\nname: n\ndescription: d\nseverity: low\nsql: SELECT pid, process_key FROM processes WHERE name = 'nc' AND is_alive = 1 AND now_ms() >= {}\n",
+        crate::models::time::ns_to_ms(fx.at(5))
+    );
+    let out = replay(&fx.dir, fx.at(0), fx.at(10), &rules(&later), &o).unwrap();
+    let keys: Vec<_> = out.alerts.iter().map(|a| a.process_key.clone().unwrap()).collect();
+    assert_eq!(keys, vec!["d", "o"]);
+}
