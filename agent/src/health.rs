@@ -43,7 +43,8 @@ pub struct Health {
     pub events_malformed: AtomicU64,
     /// Sequence gaps seen on the bus (recovered from the ledger when it can).
     pub seq_gaps: AtomicU64,
-    /// Last seq committed to the store.
+    /// Last seq applied to the process table and the rules (the store has it
+    /// at most `STORE_FLUSH_EVERY` later).
     pub last_applied_seq: AtomicU64,
     /// Rules loaded / failed.
     pub rules_loaded: AtomicU32,

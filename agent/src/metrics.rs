@@ -133,7 +133,7 @@ pub fn render(h: &HealthResponse, rules: &[(&str, bool, bool)]) -> String {
     w.gauge("daemoneye_events_per_second", "procmond's recent event rate.", h.events_per_second);
     w.gauge(
         "daemoneye_last_applied_seq",
-        "Ledger seq of the last event applied to the store.",
+        "Ledger seq of the last event applied to the process table.",
         h.last_applied_seq as f64,
     );
     w.gauge("daemoneye_ledger_head_seq", "Last seq procmond wrote to its ledger.", h.ledger_head as f64);
