@@ -6,6 +6,7 @@
 //! are not delivered again).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,43 +93,76 @@ impl AlertManager {
     /// Records a match. Returns the alert when it is new (stored and queued for every sink),
     /// `None` when it was a repeat inside the dedupe window.
     pub fn raise(&mut self, m: &Match<'_>) -> Result<Option<Alert>, StoreError> {
+        Ok(self.raise_all(std::slice::from_ref(m))?.into_iter().next().flatten())
+    }
+
+    /// Records matches (in order) with one store transaction for all of
+    /// them: one fsync however many alerts a batch of events raised. Returns,
+    /// per match, the alert when it is new. On a store error nothing of the
+    /// batch is delivered or remembered.
+    pub fn raise_all(&mut self, matches: &[Match<'_>]) -> Result<Vec<Option<Alert>>, StoreError> {
         let now = now_ms();
-        let row = row_object(m.columns, m.row);
-        let dedupe_key = dedupe_key(m, &row);
-        let window = m.rule.dedupe.as_ref().and_then(|d| d.window).unwrap_or(self.window);
-        if let Some(seen) = self.recent.get_mut(&dedupe_key)
-            && now - seen.alert.last_seen_ms <= window_ms(window)
-        {
-            seen.alert.occurrences += 1;
-            seen.alert.last_seen_ms = now;
-            self.store.put_alert(&seen.alert)?;
-            return Ok(None);
+        let mut new: Vec<Alert> = Vec::new();
+        // Per match: the index of the alert it created in `new`.
+        let mut created: Vec<Option<usize>> = Vec::with_capacity(matches.len());
+        let mut new_by_key: HashMap<String, usize> = HashMap::new();
+        // Repeats of alerts raised before this batch, by dedupe key.
+        let mut repeats: HashMap<String, Alert> = HashMap::new();
+        for m in matches {
+            let row = row_object(m.columns, m.row);
+            let dedupe_key = dedupe_key(m, &row);
+            let window = window_ms(m.rule.dedupe.as_ref().and_then(|d| d.window).unwrap_or(self.window));
+            let repeat = match new_by_key.get(&dedupe_key).and_then(|&i| new.get_mut(i)) {
+                Some(a) => Some(a),
+                None => match repeats.entry(dedupe_key.clone()) {
+                    Entry::Occupied(e) => Some(e.into_mut()),
+                    Entry::Vacant(e) => match self.recent.get(&dedupe_key) {
+                        Some(s) if now - s.alert.last_seen_ms <= window => Some(e.insert(s.alert.clone())),
+                        _ => None,
+                    },
+                },
+            };
+            if let Some(a) = repeat {
+                a.occurrences += 1;
+                a.last_seen_ms = now;
+                created.push(None);
+                continue;
+            }
+            let alert = Alert {
+                id: uuid::Uuid::now_v7().to_string(),
+                alert_time_ms: now,
+                rule_id: m.rule.id.clone(),
+                title: m.rule.name.clone(),
+                description: m.rule.description.clone(),
+                severity: m.rule.severity as i32,
+                pid: alerting::match_pid(&row, m.event),
+                process_key: alerting::match_process_key(&row, m.event),
+                row_json: Json::Object(row).to_string(),
+                event_seq: m.event.map(|e| e.seq),
+                correlation_id: m.correlation_id.to_owned(),
+                dedupe_key: dedupe_key.clone(),
+                occurrences: 1,
+                last_seen_ms: now,
+            };
+            new_by_key.insert(dedupe_key, new.len());
+            created.push(Some(new.len()));
+            new.push(alert);
         }
-        let pid = alerting::match_pid(&row, m.event);
-        let process_key = alerting::match_process_key(&row, m.event);
-        let alert = Alert {
-            id: uuid::Uuid::now_v7().to_string(),
-            alert_time_ms: now,
-            rule_id: m.rule.id.clone(),
-            title: m.rule.name.clone(),
-            description: m.rule.description.clone(),
-            severity: m.rule.severity as i32,
-            row_json: Json::Object(row).to_string(),
-            process_key,
-            pid,
-            event_seq: m.event.map(|e| e.seq),
-            correlation_id: m.correlation_id.to_owned(),
-            dedupe_key: dedupe_key.clone(),
-            occurrences: 1,
-            last_seen_ms: now,
-        };
-        self.store.put_alert_for_delivery(&alert, self.delivery.sink_names())?;
-        self.delivery.enqueue(&alert);
-        *self.per_rule.entry(alert.rule_id.clone()).or_default() += 1;
-        // No receiver (nobody watching) is not an error.
-        let _ = self.feed.send(alert.clone());
-        self.recent.insert(dedupe_key, Seen { alert: alert.clone() });
-        Ok(Some(alert))
+        let updated: Vec<Alert> = repeats.into_values().collect();
+        self.store.put_alerts(&new, &updated, self.delivery.sink_names())?;
+        for a in updated {
+            if let Some(s) = self.recent.get_mut(&a.dedupe_key) {
+                s.alert = a;
+            }
+        }
+        for alert in &new {
+            self.delivery.enqueue(alert);
+            *self.per_rule.entry(alert.rule_id.clone()).or_default() += 1;
+            // No receiver (nobody watching) is not an error.
+            let _ = self.feed.send(alert.clone());
+            self.recent.insert(alert.dedupe_key.clone(), Seen { alert: alert.clone() });
+        }
+        Ok(created.into_iter().map(|i| i.and_then(|i| new.get(i).cloned())).collect())
     }
 
     /// Forgets dedupe entries older than the longest window.

@@ -1,7 +1,8 @@
 //! The agent's parts, as a library so that the binary stays thin and the
 //! parts are testable on their own.
 //!
-//! - [`store`]: the redb file (processes, events, alerts, meta).
+//! - [`store`]: the redb file (processes, events, alerts, meta);
+//!   [`store_writer`]: the thread that writes it for the pipeline.
 //! - [`table`]: the in-memory process view that rules and queries read.
 //! - [`pipeline`]: bus/ledger -> store -> view -> streaming rules -> alerts.
 //! - [`alerts`]: dedupe, store-before-deliver.
@@ -37,6 +38,7 @@ pub mod rules_watch;
 pub mod sdnotify;
 pub mod sinks;
 pub mod store;
+pub mod store_writer;
 pub mod supervisor;
 pub mod table;
 pub mod tasks;

@@ -12,12 +12,9 @@ use clap::Parser;
 use daemoneye_eventbus::Broker;
 use daemoneye_lib::config::{Backend, Config, DaemonFlags};
 use daemoneye_lib::detection::Limits;
-use daemoneye_lib::proto::{
-    BackpressurePolicy, CollectorStatus, ProcessEvent, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
-};
+use daemoneye_lib::proto::{BackpressurePolicy, CollectorStatus, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE};
 use daemoneye_lib::telemetry::init_from_config;
 use prost::Message;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,11 +22,12 @@ use daemoneye_agent::alerts::AlertManager;
 use daemoneye_agent::api;
 use daemoneye_agent::bus::BusServices;
 use daemoneye_agent::health::Health;
-use daemoneye_agent::pipeline::{self, Incoming, Shared};
+use daemoneye_agent::pipeline::{self, Shared};
 use daemoneye_agent::privileges::{self, AfterDrop, DropPlan};
 use daemoneye_agent::rules_watch::{self, RulesSource};
 use daemoneye_agent::sinks::Delivery;
 use daemoneye_agent::store::Store;
+use daemoneye_agent::store_writer::StoreWriter;
 use daemoneye_agent::supervisor::{ProcmondCommand, SpawnGate, supervise};
 use daemoneye_agent::table::ProcessTable;
 use daemoneye_agent::tasks::TaskClient;
@@ -71,8 +69,11 @@ fn main() -> anyhow::Result<()> {
         plan.prepare_process().context("preparing to drop privileges")?;
     }
 
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One runtime thread: the bus, the ingest pipeline and its rules, the
+    // API and the sinks share it, so an event wakes one thread (see
+    // `pipeline`). Disk writes go to the store writer thread, queries and
+    // table rules to blocking threads.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
@@ -139,7 +140,7 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     let capacity = u32::try_from(config.bus.queue_capacity).unwrap_or(u32::MAX);
     // Drop, not block: a slow agent must never stall procmond; whatever is
     // dropped here is read back from the ledger by the gap check.
-    let mut lifecycle = local
+    let lifecycle = local
         .subscribe(TOPIC_PROCESS_LIFECYCLE, BackpressurePolicy::Drop, capacity)
         .await
         .context("subscribing to process events")?;
@@ -164,32 +165,6 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     ));
     let bus_services = BusServices { broker: broker.clone(), tasks: task_client };
 
-    let (tx, rx) = mpsc::channel::<Incoming>(config.bus.queue_capacity.max(1));
-    {
-        let health = Arc::clone(&health);
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                let d = tokio::select! {
-                    d = lifecycle.recv() => d,
-                    () = cancel.cancelled() => None,
-                };
-                let Some(d) = d else { break };
-                match ProcessEvent::decode(d.payload.as_ref()) {
-                    Ok(event) => {
-                        let inc = Incoming { event, correlation_id: d.correlation.correlation_id.clone() };
-                        if tx.send(inc).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        Health::add(&health.events_malformed, 1);
-                        tracing::warn!(topic = %d.topic, error = %e, "process event does not decode; it will be read from the ledger");
-                    }
-                }
-            }
-        });
-    }
     {
         let health = Arc::clone(&health);
         let cancel = cancel.clone();
@@ -207,14 +182,9 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
         });
     }
 
-    let ingest = {
-        let shared = Arc::clone(&shared);
-        let rt = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("ingest".into())
-            .spawn(move || pipeline::run_ingest(&shared, rx, &rt))
-            .context("starting the ingest thread")?
-    };
+    let (writer, writer_thread) =
+        StoreWriter::start(Arc::clone(&shared)).context("starting the store writer thread")?;
+    let ingest = tokio::spawn(pipeline::run_ingest(Arc::clone(&shared), lifecycle, writer, cancel.clone()));
 
     // Table rules on an interval.
     {
@@ -292,10 +262,13 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     cancel.cancel();
     tasks.wait().await;
     broker.join().await;
-    // The forwarder task has ended, so the channel is closed and the ingest
-    // thread finishes its last batch.
-    if ingest.join().is_err() {
-        tracing::error!("the ingest thread panicked");
+    // The ingest task hands its last staged state to the store writer and
+    // drops its handle; the writer then commits durably and ends.
+    if let Err(e) = ingest.await {
+        tracing::error!(error = %e, "the ingest task failed");
+    }
+    if tokio::task::spawn_blocking(move || writer_thread.join()).await.map_or(true, |r| r.is_err()) {
+        tracing::error!("the store writer thread panicked");
     }
     match api_failed {
         Some(Ok(Err(e))) => Err(e),

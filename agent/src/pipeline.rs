@@ -1,16 +1,21 @@
 //! The ingest pipeline: deltas in, table updated, rules evaluated, alerts out.
 //!
-//! One dedicated thread owns the write path (redb commits block), fed by a
-//! bounded channel from the bus subscription. For each batch it:
+//! [`run_ingest`] is a task on the agent's runtime, reading the bus
+//! subscription directly: the thread that wakes for procmond's write is the
+//! one that applies the events and runs the rules, so an event costs the
+//! agent one wake-up (on a VM, a wake-up from idle costs more than the
+//! rules). For each batch of what has arrived it:
 //! 1. fills any seq gap from procmond's ledger (a message the bus dropped, or
-//!    events written while the agent was down),
+//!    events written while the agent was down), on a blocking thread,
 //! 2. applies the batch to the in-memory view and stages the changed rows
 //!    and the events for the store,
-//! 3. evaluates every streaming rule on every event, and raises alerts,
-//! 4. writes what is staged to the store in one transaction (with
-//!    `last_applied_seq`) once `agent.batch_size` events or
-//!    [`STORE_FLUSH_EVERY`] have passed, so that redb's cost per transaction
-//!    is shared by many events while rules still see each one at once.
+//! 3. evaluates every streaming rule on every event, and hands the matches
+//!    to the store writer ([`crate::store_writer`]), which stores the alerts
+//!    durably and delivers them,
+//! 4. hands what is staged to the store writer once `agent.batch_size`
+//!    events or [`STORE_FLUSH_EVERY`] have passed, so that redb's cost per
+//!    transaction is shared by many events while rules still see each one
+//!    at once. Nothing here waits for the disk.
 //!
 //! *Architecture invariant:* an event is applied at most once (seqs at or
 //! below `last_applied_seq` are skipped) and at least once (gaps are filled
@@ -20,20 +25,21 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use daemoneye_eventbus::Subscription;
 use daemoneye_lib::detection::schema::event_row;
-use daemoneye_lib::detection::{Limits, Params, RuleSet, Value};
+use daemoneye_lib::detection::{Limits, Params, RuleSet};
 use daemoneye_lib::ledger::{LedgerReader, RecordKind};
 use daemoneye_lib::models::event_type_name;
-use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{EventType, ProcessEvent};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{AlertManager, Match};
 use crate::health::Health;
 use crate::store::{PendingBatch, STORE_FLUSH_EVERY, Store};
+use crate::store_writer::{OwnedMatch, StoreCmd, StoreWriter};
 use crate::table::{ProcessTable, QueryTables};
 
 /// An event as it reaches the pipeline.
@@ -84,70 +90,66 @@ impl Shared {
     }
 }
 
-/// Runs the ingest loop until the channel closes. Call on a dedicated
-/// thread; `rt` is the runtime the bus runs on (for the flush timer).
-pub fn run_ingest(shared: &Shared, mut rx: mpsc::Receiver<Incoming>, rt: &tokio::runtime::Handle) {
-    let mut last_prune = Instant::now();
-    let mut pending = PendingBatch::default();
+/// Runs the ingest loop until `events` ends or `cancel` fires, then hands
+/// the last staged state to `writer`.
+pub async fn run_ingest(shared: Arc<Shared>, mut events: Subscription, writer: StoreWriter, cancel: CancellationToken) {
     // Catch up with what the ledger has that the store does not, before the
     // live stream (the live copies of these are then skipped as duplicates).
-    catch_up(shared, None, &mut pending);
+    let mut pending = catch_up_blocking(&shared, &writer, None, PendingBatch::default()).await;
     loop {
-        let first = if pending.is_empty() {
-            rx.blocking_recv()
-        } else {
-            let wait = STORE_FLUSH_EVERY.saturating_sub(pending.age());
-            // The timer must be made inside the runtime's context.
-            match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                Ok(first) => first,
-                Err(_) => {
-                    flush(shared, &mut pending);
-                    continue;
-                }
+        let flush_in = (!pending.is_empty()).then(|| STORE_FLUSH_EVERY.saturating_sub(pending.age()));
+        let first = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            d = events.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+            () = sleep_for(flush_in) => {
+                flush(&writer, &mut pending).await;
+                continue;
             }
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < shared.batch_size {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(d) = next {
+            match ProcessEvent::decode(d.payload.as_ref()) {
+                Ok(event) => batch.push(Incoming { event, correlation_id: d.correlation.correlation_id }),
+                Err(e) => {
+                    Health::add(&shared.health.events_malformed, 1);
+                    tracing::warn!(topic = %d.topic, error = %e, "process event does not decode; it will be read from the ledger");
+                }
             }
+            next = if batch.len() < shared.batch_size { events.try_recv() } else { None };
         }
-        process_batch(shared, batch, &mut pending);
+        pending = process_batch(&shared, &writer, batch, pending).await;
         if pending.len() >= shared.batch_size || pending.age() >= STORE_FLUSH_EVERY {
-            flush(shared, &mut pending);
-        }
-        if last_prune.elapsed() >= Duration::from_secs(30) {
-            flush(shared, &mut pending);
-            prune(shared);
-            last_prune = Instant::now();
+            flush(&writer, &mut pending).await;
         }
     }
-    flush(shared, &mut pending);
-    if let Err(e) = shared.store.flush() {
-        tracing::warn!(error = %e, "could not make the store durable at shutdown; the next start catches up from the ledger");
+    flush(&writer, &mut pending).await;
+}
+
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
-/// Most events kept staged while the store refuses writes; beyond it they
-/// are dropped from memory (the ledger keeps them, and the next start
-/// catches up from the store's `last_applied_seq`).
-const MAX_PENDING_ON_ERROR: usize = 1 << 20;
-
-/// Writes what is staged to the store.
-fn flush(shared: &Shared, pending: &mut PendingBatch) {
-    if let Err(e) = shared.store.write_pending(pending) {
-        if pending.len() > MAX_PENDING_ON_ERROR {
-            tracing::error!(error = %e, events = pending.len(), "the store keeps refusing writes; dropping staged state (the ledger has it: restart the agent to catch up)");
-            *pending = PendingBatch::default();
-        } else {
-            tracing::error!(error = %e, events = pending.len(), "could not write to the store; retrying with the next batch");
-        }
+/// Hands what is staged to the store writer.
+async fn flush(writer: &StoreWriter, pending: &mut PendingBatch) {
+    if !pending.is_empty() && !writer.send(StoreCmd::Flush(std::mem::take(pending))).await {
+        tracing::error!("the store writer is gone; staged state is dropped (the ledger has it)");
     }
 }
 
-fn process_batch(shared: &Shared, mut batch: Vec<Incoming>, pending: &mut PendingBatch) {
+async fn process_batch(
+    shared: &Arc<Shared>,
+    writer: &StoreWriter,
+    mut batch: Vec<Incoming>,
+    mut pending: PendingBatch,
+) -> PendingBatch {
     Health::add(&shared.health.events_received, batch.len() as u64);
     let last = shared.health.last_applied_seq.load(Relaxed);
     if let Some(first_seq) = batch.iter().map(|i| i.event.seq).filter(|s| *s > last).min()
@@ -155,16 +157,42 @@ fn process_batch(shared: &Shared, mut batch: Vec<Incoming>, pending: &mut Pendin
     {
         Health::add(&shared.health.seq_gaps, 1);
         tracing::info!(from = last + 1, to = first_seq - 1, "sequence gap on the bus; reading the ledger");
-        catch_up(shared, Some(first_seq), pending);
+        pending = catch_up_blocking(shared, writer, Some(first_seq), pending).await;
     }
     batch.retain(|i| i.event.seq > shared.health.last_applied_seq.load(Relaxed));
     batch.sort_by_key(|i| i.event.seq);
-    apply(shared, batch, pending);
+    let matches = apply(shared, &batch, &mut pending);
+    if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
+        tracing::error!("the store writer is gone; alerts are not stored");
+    }
+    pending
+}
+
+/// [`catch_up`] on a blocking thread (it reads ledger files).
+async fn catch_up_blocking(
+    shared: &Arc<Shared>,
+    writer: &StoreWriter,
+    until: Option<u64>,
+    mut pending: PendingBatch,
+) -> PendingBatch {
+    let (s, w) = (Arc::clone(shared), writer.clone());
+    match tokio::task::spawn_blocking(move || {
+        catch_up(&s, &w, until, &mut pending);
+        pending
+    })
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger catch-up failed; the next gap check retries it");
+            PendingBatch::default()
+        }
+    }
 }
 
 /// Applies ledger records from `last_applied_seq + 1` up to (excluding)
-/// `until`, or to the ledger's end.
-fn catch_up(shared: &Shared, until: Option<u64>, pending: &mut PendingBatch) {
+/// `until`, or to the ledger's end. Blocking.
+fn catch_up(shared: &Shared, writer: &StoreWriter, until: Option<u64>, pending: &mut PendingBatch) {
     let from = shared.health.last_applied_seq.load(Relaxed) + 1;
     let reader = match LedgerReader::open(&shared.ledger_dir) {
         Ok(r) => r,
@@ -183,6 +211,12 @@ fn catch_up(shared: &Shared, until: Option<u64>, pending: &mut PendingBatch) {
     };
     let mut batch = Vec::new();
     let mut caught = 0u64;
+    let apply_batch = |batch: Vec<Incoming>, pending: &mut PendingBatch| {
+        let matches = apply(shared, &batch, pending);
+        if !matches.is_empty() {
+            writer.send_blocking(StoreCmd::Alerts(matches));
+        }
+    };
     for rec in iter {
         let rec = match rec {
             Ok(r) => r,
@@ -208,12 +242,12 @@ fn catch_up(shared: &Shared, until: Option<u64>, pending: &mut PendingBatch) {
             }
         }
         if batch.len() >= shared.batch_size {
-            apply(shared, std::mem::take(&mut batch), pending);
-            flush(shared, pending);
+            apply_batch(std::mem::take(&mut batch), pending);
+            writer.send_blocking(StoreCmd::Flush(std::mem::take(pending)));
         }
     }
     if !batch.is_empty() {
-        apply(shared, batch, pending);
+        apply_batch(batch, pending);
     }
     if caught > 0 {
         tracing::info!(from, events = caught, "caught up from the ledger");
@@ -221,13 +255,14 @@ fn catch_up(shared: &Shared, until: Option<u64>, pending: &mut PendingBatch) {
 }
 
 /// Applies `batch` (new seqs, in order) to the in-memory view, stages it for
-/// the store, and evaluates the streaming rules on it.
-fn apply(shared: &Shared, batch: Vec<Incoming>, pending: &mut PendingBatch) {
-    let Some(last_seq) = batch.iter().map(|i| i.event.seq).max() else { return };
+/// the store, and evaluates the streaming rules on it; returns their
+/// matches.
+fn apply(shared: &Shared, batch: &[Incoming], pending: &mut PendingBatch) -> Vec<OwnedMatch> {
+    let Some(last_seq) = batch.iter().map(|i| i.event.seq).max() else { return Vec::new() };
     let mut states = Vec::with_capacity(batch.len());
     {
         let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for inc in &batch {
+        for inc in batch {
             let before = inc.event.process.as_ref().and_then(|r| table.get(&r.process_key)).cloned();
             let after = pending.stage(&inc.event, before);
             if let Some(st) = &after {
@@ -237,63 +272,57 @@ fn apply(shared: &Shared, batch: Vec<Incoming>, pending: &mut PendingBatch) {
         }
     }
     shared.health.last_applied_seq.fetch_max(last_seq, Relaxed);
-    evaluate_streaming(shared, &batch, &states);
+    evaluate_streaming(shared, batch, &states)
 }
 
-/// A streaming rule's match: (event index, rule index, columns, row).
-type StreamingMatch = (usize, usize, std::sync::Arc<[String]>, Vec<Value>);
-
-fn evaluate_streaming(shared: &Shared, batch: &[Incoming], states: &[Option<daemoneye_lib::proto::ProcessState>]) {
+fn evaluate_streaming(
+    shared: &Shared,
+    batch: &[Incoming],
+    states: &[Option<daemoneye_lib::proto::ProcessState>],
+) -> Vec<OwnedMatch> {
     let rules = shared.rules();
+    let mut matches = Vec::new();
     if rules.rules.is_empty() {
-        return;
+        return matches;
     }
     let params = Params::default();
-    let mut matches: Vec<StreamingMatch> = Vec::new();
-    {
-        let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tables = QueryTables::processes_only(&table);
-        for (i, inc) in batch.iter().enumerate() {
-            let state = states.get(i).and_then(Option::as_ref);
-            if state.is_none() && inc.event.event_type() != EventType::Gap {
+    let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tables = QueryTables::processes_only(&table);
+    for (i, inc) in batch.iter().enumerate() {
+        let state = states.get(i).and_then(Option::as_ref);
+        if state.is_none() && inc.event.event_type() != EventType::Gap {
+            continue;
+        }
+        let kind = event_type_name(inc.event.event_type());
+        let mut row = None;
+        for (r, lr) in rules.rules.iter().enumerate() {
+            // Most rules name the event type they want: the others are
+            // skipped without building a row or running the query.
+            if !lr.rule.enabled || !lr.query.is_streaming() || !lr.query.may_match_event_type(kind) {
                 continue;
             }
-            let kind = event_type_name(inc.event.event_type());
-            let mut row = None;
-            for (r, lr) in rules.rules.iter().enumerate() {
-                // Most rules name the event type they want: the others are
-                // skipped without building a row or running the query.
-                if !lr.rule.enabled || !lr.query.is_streaming() || !lr.query.may_match_event_type(kind) {
-                    continue;
+            let row = row.get_or_insert_with(|| event_row(&inc.event, state));
+            match lr.query.evaluate_event(row, &tables, &params, &shared.limits) {
+                Ok(rs) => {
+                    for out in rs.rows {
+                        matches.push(OwnedMatch {
+                            rules: Arc::clone(&rules),
+                            rule: r,
+                            columns: rs.columns.clone(),
+                            row: out,
+                            event: Some(Box::new(inc.event.clone())),
+                            correlation_id: inc.correlation_id.clone(),
+                        });
+                    }
                 }
-                let row = row.get_or_insert_with(|| event_row(&inc.event, state));
-                match lr.query.evaluate_event(row, &tables, &params, &shared.limits) {
-                    Ok(rs) => {
-                        for out in rs.rows {
-                            matches.push((i, r, rs.columns.clone(), out));
-                        }
-                    }
-                    Err(e) => {
-                        Health::add(&shared.health.rule_errors, 1);
-                        tracing::warn!(rule_id = %lr.rule.id, seq = inc.event.seq, error = %e, "rule evaluation failed");
-                    }
+                Err(e) => {
+                    Health::add(&shared.health.rule_errors, 1);
+                    tracing::warn!(rule_id = %lr.rule.id, seq = inc.event.seq, error = %e, "rule evaluation failed");
                 }
             }
         }
     }
-    if matches.is_empty() {
-        return;
-    }
-    let mut alerts = shared.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for (i, r, columns, row) in &matches {
-        let (Some(inc), Some(lr)) = (batch.get(*i), rules.rules.get(*r)) else { continue };
-        let m = Match { rule: &lr.rule, columns, row, event: Some(&inc.event), correlation_id: &inc.correlation_id };
-        match alerts.raise(&m) {
-            Ok(Some(_)) => Health::add(&shared.health.alerts_raised, 1),
-            Ok(None) => {}
-            Err(e) => tracing::error!(rule_id = %lr.rule.id, error = %e, "could not store an alert"),
-        }
-    }
+    matches
 }
 
 /// Runs every enabled table rule once over the current table.
@@ -324,32 +353,17 @@ pub fn evaluate_table_rules(shared: &Shared) {
             }
         }
     }
+    let found: Vec<Match<'_>> = matches
+        .iter()
+        .filter_map(|(r, columns, row)| {
+            let lr = rules.rules.get(*r)?;
+            Some(Match { rule: &lr.rule, columns, row, event: None, correlation_id: "" })
+        })
+        .collect();
     let mut alerts = shared.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     alerts.expire();
-    for (r, columns, row) in &matches {
-        let Some(lr) = rules.rules.get(*r) else { continue };
-        let m = Match { rule: &lr.rule, columns, row, event: None, correlation_id: "" };
-        match alerts.raise(&m) {
-            Ok(Some(_)) => Health::add(&shared.health.alerts_raised, 1),
-            Ok(None) => {}
-            Err(e) => tracing::error!(rule_id = %lr.rule.id, error = %e, "could not store an alert"),
-        }
-    }
-}
-
-fn prune(shared: &Shared) {
-    let now = now_ns();
-    let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    match shared.store.prune(now - ns(shared.process_retention), now - ns(shared.event_retention)) {
-        Ok(removed) => {
-            let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for k in &removed {
-                table.remove(k);
-            }
-            if !removed.is_empty() {
-                tracing::debug!(removed = removed.len(), "pruned exited processes");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
+    match alerts.raise_all(&found) {
+        Ok(raised) => Health::add(&shared.health.alerts_raised, raised.iter().flatten().count() as u64),
+        Err(e) => tracing::error!(error = %e, alerts = found.len(), "could not store the table rules' alerts"),
     }
 }

@@ -176,9 +176,20 @@ impl Hasher {
         if !meta.file_type().is_file() || meta.len() > self.max_size {
             return Ok(None);
         }
-        let Some(hex) = self.lock_cache().get(&CacheKey::of(&meta)) else { return Ok(None) };
+        let Some(hex) = self.lock_cache().get(&FileIdentity::of(&meta)) else { return Ok(None) };
         self.cache_hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(HashOutcome { hex, algorithm: SHA256, from_cache: true }))
+    }
+
+    /// The digest for the file version `id` when the cache has it (no
+    /// system call). A miss is no error: the caller hashes the file later.
+    pub fn cached_identity(&self, id: &FileIdentity) -> Option<HashOutcome> {
+        if id.size > self.max_size {
+            return None;
+        }
+        let hex = self.lock_cache().get(id)?;
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(HashOutcome { hex, algorithm: SHA256, from_cache: true })
     }
 
     /// [`Hasher::hash_path`] with a hook run after the first `fstat`, before
@@ -211,14 +222,14 @@ impl Hasher {
         if before.len() > self.max_size {
             return Err(HashError::TooLarge { path: path.to_owned(), size: before.len(), max: self.max_size });
         }
-        let key = CacheKey::of(&before);
+        let key = FileIdentity::of(&before);
         if let Some(hex) = self.lock_cache().get(&key) {
             return Ok(HashOutcome { hex, algorithm: SHA256, from_cache: true });
         }
         mid_read();
         let (hex, read) = sha256_of(&file, self.max_size).map_err(io_err)?;
         let after = file.metadata().map_err(io_err)?;
-        if CacheKey::of(&after) != key || read != before.len() {
+        if FileIdentity::of(&after) != key || read != before.len() {
             return Err(HashError::Changed { path: path.to_owned() });
         }
         self.bytes_hashed.fetch_add(read, Ordering::Relaxed);
@@ -324,17 +335,36 @@ fn sha256_of(file: &File, max: u64) -> io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), total))
 }
 
-/// Identity of one version of a file.
+/// Identity of one version of a file: the hash cache's key. Taken from
+/// `fstat` of the open file when hashing; an event source that knows the
+/// running image's inode (the eBPF exec record) builds one to find the hash
+/// without a `stat` ([`Hasher::cached_identity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct CacheKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+pub struct FileIdentity {
+    /// The device, as `stat`'s `st_dev` encodes it.
+    pub dev: u64,
+    /// The inode number.
+    pub ino: u64,
+    /// The size in bytes.
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// Status change time (seconds, nanoseconds).
+    pub ctime: (i64, i64),
 }
 
-impl CacheKey {
+impl FileIdentity {
+    /// `st_dev` for a device number split into major and minor, encoded as
+    /// glibc's `makedev` does (what [`std::os::unix::fs::MetadataExt::dev`]
+    /// returns).
+    pub fn encode_dev(major: u32, minor: u32) -> u64 {
+        let (major, minor) = (u64::from(major), u64::from(minor));
+        ((major & 0x0000_0fff) << 8)
+            | ((major & 0xffff_f000) << 32)
+            | (minor & 0x0000_00ff)
+            | ((minor & 0xffff_ff00) << 12)
+    }
+
     #[cfg(unix)]
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
@@ -364,8 +394,8 @@ impl CacheKey {
 #[derive(Debug)]
 struct Cache {
     capacity: usize,
-    entries: HashMap<CacheKey, (String, bool)>,
-    order: VecDeque<CacheKey>,
+    entries: HashMap<FileIdentity, (String, bool)>,
+    order: VecDeque<FileIdentity>,
 }
 
 impl Cache {
@@ -377,13 +407,13 @@ impl Cache {
         self.entries.len()
     }
 
-    fn get(&mut self, key: &CacheKey) -> Option<String> {
+    fn get(&mut self, key: &FileIdentity) -> Option<String> {
         let (hex, referenced) = self.entries.get_mut(key)?;
         *referenced = true;
         Some(hex.clone())
     }
 
-    fn insert(&mut self, key: CacheKey, hex: String) {
+    fn insert(&mut self, key: FileIdentity, hex: String) {
         if self.capacity == 0 {
             return;
         }

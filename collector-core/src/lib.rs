@@ -29,9 +29,9 @@ pub mod sampler;
 pub mod source;
 pub mod sysinfo_enum;
 
-pub use hash::{HashError, HashOutcome, HashStats, Hasher};
+pub use hash::{FileIdentity, HashError, HashOutcome, HashStats, Hasher};
 pub use monitor::TreeMonitor;
 pub use poll::{PollSource, ProcessEnumerator};
 pub use sampler::{ResourceSampler, Thresholds};
-pub use source::{EventSink, EventSource, SourceError, SourceFuture};
+pub use source::{EventSink, EventSource, SourceError, SourceEvent, SourceFuture};
 pub use sysinfo_enum::SysinfoEnumerator;

@@ -149,7 +149,7 @@ async fn poll_source_runs_rounds_and_stops_on_cancel() {
     let task = tokio::spawn(src.run(sink, cancel.clone()));
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(rx.recv().await.unwrap());
+        got.push(rx.recv().await.unwrap().event);
     }
     assert_eq!(
         kinds(&got),

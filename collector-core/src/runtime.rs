@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hash::{HashError, Hasher};
-use crate::source::{EventSink, EventSource};
+use crate::source::{EventSink, EventSource, SourceEvent};
 
 /// Runtime settings.
 #[derive(Debug, Clone)]
@@ -111,8 +111,8 @@ pub async fn run(
     stats: Arc<RuntimeStats>,
     cancel: CancellationToken,
 ) -> Result<LedgerWriter, RuntimeError> {
-    let (tx, mut rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
-    let (pub_tx, pub_rx) = mpsc::channel::<ProcessEvent>(config.channel_capacity.max(16));
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(config.channel_capacity.max(16));
+    let (pub_tx, pub_rx) = mpsc::channel::<Committed>(config.channel_capacity.max(16));
     let hash_tx = spawn_hash_workers(config.hash_workers.max(1), Arc::clone(&hasher), tx.clone());
     stats.ledger_head.store(ledger.head().0, Relaxed);
 
@@ -159,11 +159,12 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        // An executable the cache knows is hashed on the event itself (one
+        // An executable the cache knows is hashed on the event itself (no
+        // system call when the source read the image's inode, else one
         // stat): no hash job and no `update` event.
-        for ev in &mut batch {
-            if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot) {
-                hash_from_cache(&hasher, ev);
+        for se in &mut batch {
+            if matches!(se.event.event_type(), EventType::Exec | EventType::Snapshot) {
+                hash_from_cache(&hasher, se);
             }
         }
         // Most commits only write to the page cache: done in place, which
@@ -172,31 +173,32 @@ pub async fn run(
         let r = if ledger.commit_may_block() {
             let (l, r) = blocking(move || {
                 let mut l = ledger;
-                let r = append_batch(&mut l, &mut batch).map(|()| batch);
+                let r = append_batch(&mut l, batch);
                 (l, r)
             })
             .await?;
             ledger = l;
             r
         } else {
-            append_batch(&mut ledger, &mut batch).map(|()| batch)
+            append_batch(&mut ledger, batch)
         };
-        let batch = match r {
-            Ok(b) => b,
+        let committed = match r {
+            Ok(c) => c,
             Err(e) => break Err(e.into()),
         };
-        stats.committed.fetch_add(batch.len() as u64, Relaxed);
+        stats.committed.fetch_add(committed.len() as u64, Relaxed);
         stats.ledger_head.store(ledger.head().0, Relaxed);
-        for ev in batch {
+        for c in committed {
+            let ev = &c.event;
             if let Some(gap) = &ev.gap {
                 stats.lost.fetch_add(gap.lost_events, Relaxed);
             }
             if matches!(ev.event_type(), EventType::Exec | EventType::Snapshot)
                 && ev.process.as_ref().is_some_and(|r| r.executable_hash.is_none())
             {
-                queue_hash(&hash_tx, &ev, &stats);
+                queue_hash(&hash_tx, ev, &stats);
             }
-            if pub_tx.try_send(ev).is_err() {
+            if pub_tx.try_send(c).is_err() {
                 stats.publish_dropped.fetch_add(1, Relaxed);
             }
         }
@@ -221,26 +223,47 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Task(format!("ledger task: {e}")))
 }
 
-fn append_batch(
-    ledger: &mut LedgerWriter,
-    batch: &mut [ProcessEvent],
-) -> Result<(), daemoneye_lib::ledger::LedgerError> {
-    for ev in batch.iter_mut() {
-        let kind = if ev.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
-        let time_ns = ev.event_time_ns;
-        ledger.append_with(kind, time_ns, |seq| {
-            ev.seq = seq;
-            ev.encode_to_vec()
-        })?;
-    }
-    ledger.commit()
+/// An event the ledger has committed, with the payload it was committed
+/// with (published as is: one encoding per event).
+struct Committed {
+    event: ProcessEvent,
+    payload: Bytes,
 }
 
-/// Sets the executable hash of `ev` when the cache knows the running image
-/// (or, once the process is gone, the file at its path).
-fn hash_from_cache(hasher: &Hasher, ev: &mut ProcessEvent) {
-    let Some(rec) = ev.process.as_mut() else { return };
+fn append_batch(
+    ledger: &mut LedgerWriter,
+    batch: Vec<SourceEvent>,
+) -> Result<Vec<Committed>, daemoneye_lib::ledger::LedgerError> {
+    let mut out = Vec::with_capacity(batch.len());
+    for SourceEvent { mut event, .. } in batch {
+        let kind = if event.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
+        let time_ns = event.event_time_ns;
+        let (_, payload) = ledger.append_with(kind, time_ns, |seq| {
+            event.seq = seq;
+            Bytes::from(event.encode_to_vec())
+        })?;
+        out.push(Committed { event, payload });
+    }
+    ledger.commit()?;
+    Ok(out)
+}
+
+/// Sets the executable hash of the event when the cache knows the running
+/// image (by the inode the source read, else by a `stat` of
+/// `/proc/<pid>/exe` or, once the process is gone, of the file at its
+/// path).
+fn hash_from_cache(hasher: &Hasher, se: &mut SourceEvent) {
+    let Some(rec) = se.event.process.as_mut() else { return };
     if rec.executable_hash.is_some() {
+        return;
+    }
+    if let Some(image) = &se.image {
+        // The source saw the inode at exec: a miss means "not hashed yet",
+        // and the hash job hashes the running image.
+        if let Some(h) = hasher.cached_identity(image) {
+            rec.executable_hash = Some(h.hex);
+            rec.hash_algorithm = Some(h.algorithm.to_owned());
+        }
         return;
     }
     let Some(path) = rec.executable_path.as_deref() else { return };
@@ -274,7 +297,7 @@ const HASH_QUEUE: usize = 65_536;
 fn spawn_hash_workers(
     n: usize,
     hasher: Arc<Hasher>,
-    events: mpsc::Sender<ProcessEvent>,
+    events: mpsc::Sender<SourceEvent>,
 ) -> std::sync::mpsc::SyncSender<HashJob> {
     // Room for a whole start-up snapshot (every process queues a job at
     // once); beyond it jobs are dropped and counted in `hash_dropped`.
@@ -292,7 +315,7 @@ fn spawn_hash_workers(
                 };
                 let Ok(job) = job else { return };
                 let update = hash_update(&hasher, &job);
-                if events.blocking_send(update).is_err() {
+                if events.blocking_send(update.into()).is_err() {
                     return;
                 }
             }
@@ -351,7 +374,7 @@ fn hash_update(hasher: &Hasher, job: &HashJob) -> ProcessEvent {
 /// Publishes committed events; reconnects with back-off when the bus is
 /// away. Also sends the status heartbeat.
 async fn publish_loop(
-    mut rx: mpsc::Receiver<ProcessEvent>,
+    mut rx: mpsc::Receiver<Committed>,
     config: RuntimeConfig,
     stats: Arc<RuntimeStats>,
     cancel: CancellationToken,
@@ -395,12 +418,11 @@ async fn publish_loop(
         send_status(&client, &config, &stats, started_ns, rate.per_second(&stats)).await;
         loop {
             tokio::select! {
-                ev = rx.recv() => {
-                    let Some(ev) = ev else { return };
+                c = rx.recv() => {
+                    let Some(Committed { event: ev, payload }) = c else { return };
                     let id = format!("procmond:{}", ev.seq);
                     let corr = config.monitor.tag(&ev, &id)
                         .unwrap_or_else(|| Correlation { correlation_id: id, ..Default::default() });
-                    let payload = Bytes::from(ev.encode_to_vec());
                     match client.publish(TOPIC_PROCESS_LIFECYCLE, payload, CONTENT_TYPE_PROCESS_EVENT, corr).await {
                         Ok(()) => { stats.published.fetch_add(1, Relaxed); }
                         Err(e) => {

@@ -58,7 +58,7 @@ async fn disabled_sampler_returns_at_once_and_real_one_reports_this_process() {
     let (sink, mut rx) = EventSink::channel(4);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(sampler.run(sink, cancel.clone()));
-    let ev = rx.recv().await.unwrap();
+    let ev = rx.recv().await.unwrap().event;
     let p = ev.process.unwrap();
     assert_eq!(p.process_key, format!("me-{me}"));
     assert!(p.memory_usage.unwrap() > 0);

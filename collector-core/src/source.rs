@@ -11,6 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use daemoneye_lib::proto::{self, ProcessEvent};
+
+use crate::hash::FileIdentity;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -66,36 +68,58 @@ pub enum SourceError {
     },
 }
 
+/// An event as a source hands it to the runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceEvent {
+    /// The event.
+    pub event: ProcessEvent,
+    /// The running image of an exec, when the source read its inode (the
+    /// eBPF exec record does): the runtime looks its hash up in the cache
+    /// without a `stat`.
+    pub image: Option<FileIdentity>,
+}
+
+impl From<ProcessEvent> for SourceEvent {
+    fn from(event: ProcessEvent) -> Self {
+        Self { event, image: None }
+    }
+}
+
 /// Where a source sends its events: a bounded channel to the runtime.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<ProcessEvent>,
+    tx: mpsc::Sender<SourceEvent>,
 }
 
 impl EventSink {
     /// A sink and its receiving end, holding at most `capacity` events
     /// (at least 1).
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<ProcessEvent>) {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<SourceEvent>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Self { tx }, rx)
     }
 
     /// Wraps an existing sender.
-    pub fn new(tx: mpsc::Sender<ProcessEvent>) -> Self {
+    pub fn new(tx: mpsc::Sender<SourceEvent>) -> Self {
         Self { tx }
     }
 
     /// Sends one event, waiting while the channel is full (backpressure).
     /// The event's `seq` is reset to 0: only the runtime assigns sequence
     /// numbers.
-    pub async fn send(&self, mut event: ProcessEvent) -> Result<(), SourceError> {
-        event.seq = 0;
+    pub async fn send(&self, event: impl Into<SourceEvent>) -> Result<(), SourceError> {
+        let mut event = event.into();
+        event.event.seq = 0;
         self.tx.send(event).await.map_err(|_| SourceError::SinkClosed)
     }
 
     /// Like [`EventSink::send`], but gives up when `cancel` fires first.
     /// Returns `Ok(false)` when cancelled (the event was not sent).
-    pub async fn send_or_cancel(&self, event: ProcessEvent, cancel: &CancellationToken) -> Result<bool, SourceError> {
+    pub async fn send_or_cancel(
+        &self,
+        event: impl Into<SourceEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
         tokio::select! {
             biased;
             () = cancel.cancelled() => Ok(false),
@@ -130,7 +154,7 @@ mod tests {
         assert!(pending.await.is_err());
         cancel.cancel();
         assert!(!sink.send_or_cancel(ProcessEvent::default(), &cancel).await.unwrap());
-        assert_eq!(rx.recv().await.unwrap().seq, 0);
+        assert_eq!(rx.recv().await.unwrap().event.seq, 0);
         drop(rx);
         assert!(sink.is_closed());
         assert!(matches!(sink.send(ProcessEvent::default()).await, Err(SourceError::SinkClosed)));

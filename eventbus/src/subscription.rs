@@ -96,16 +96,21 @@ impl Subscription {
                 };
                 *seq += 1;
                 counters.record_delivery(&queued.topic, queued.msg.received_at.elapsed());
-                let m = &queued.msg;
-                Some(Delivery {
-                    subscription_id: self.id,
-                    topic: m.topic.clone(),
-                    payload: m.payload.clone(),
-                    correlation: m.correlation.clone().into(),
-                    content_type: m.content_type.clone(),
-                    delivery_seq: *seq,
-                    published_at_ns: m.published_at_ns,
-                })
+                Some(local_delivery(self.id, *seq, &queued))
+            }
+        }
+    }
+
+    /// The next delivery if one is queued now, without waiting: a receiver
+    /// that woke for one message drains what arrived with it.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        match &mut self.inner {
+            Inner::Remote { rx, .. } => rx.try_recv().ok(),
+            Inner::Local { rx, counters, seq, .. } => {
+                let queued = rx.try_recv().ok()?;
+                *seq += 1;
+                counters.record_delivery(&queued.topic, queued.msg.received_at.elapsed());
+                Some(local_delivery(self.id, *seq, &queued))
             }
         }
     }
@@ -129,6 +134,19 @@ impl Subscription {
     /// `Error` policy, connection closed, broker shut down).
     pub fn end_reason(&self) -> Option<String> {
         self.end.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+fn local_delivery(subscription_id: u64, delivery_seq: u64, queued: &Queued) -> Delivery {
+    let m = &queued.msg;
+    Delivery {
+        subscription_id,
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        correlation: m.correlation.clone().into(),
+        content_type: m.content_type.clone(),
+        delivery_seq,
+        published_at_ns: m.published_at_ns,
     }
 }
 

@@ -159,17 +159,19 @@ impl LedgerWriter {
     }
 
     /// Like [`append`](Self::append), with the payload built knowing its seq
-    /// (procmond puts the seq inside the `ProcessEvent`).
-    pub fn append_with<F: FnOnce(u64) -> Vec<u8>>(
+    /// (procmond puts the seq inside the `ProcessEvent`). Returns the seq
+    /// and the payload (procmond publishes the same bytes).
+    pub fn append_with<P: AsRef<[u8]>, F: FnOnce(u64) -> P>(
         &mut self,
         kind: RecordKind,
         time_ns: i64,
         make_payload: F,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<(u64, P), LedgerError> {
         self.check_appendable(kind, 0)?;
         let payload = make_payload(self.last_seq.saturating_add(1));
-        self.check_appendable(kind, payload.len())?;
-        self.push(kind, time_ns, &payload)
+        self.check_appendable(kind, payload.as_ref().len())?;
+        let seq = self.push(kind, time_ns, payload.as_ref())?;
+        Ok((seq, payload))
     }
 
     /// Appends an audit record (time: now) for a security-relevant action.

@@ -100,6 +100,7 @@ async fn exec_fork_exit_from_the_kernel() {
             .collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut batch = Vec::new();
+    let mut images = HashMap::new();
     while Instant::now() < deadline {
         if wanted.iter().all(|p| !seen.of(*p, EventType::Exit).is_empty()) {
             // Give late duplicates a chance to show.
@@ -110,11 +111,15 @@ async fn exec_fork_exit_from_the_kernel() {
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(left, src.next_batch(&mut batch)).await;
         }
-        for e in batch.drain(..) {
+        for se in batch.drain(..) {
+            let e = se.event;
             if e.event_type() == EventType::Gap {
                 panic!("unexpected gap: {:?}", e.gap);
             }
             let pid = e.process.as_ref().map_or(0, |p| p.pid);
+            if e.event_type() == EventType::Exec {
+                images.insert(pid, se.image);
+            }
             seen.by_pid.entry(pid).or_default().push(e);
         }
     }
@@ -131,6 +136,20 @@ async fn exec_fork_exit_from_the_kernel() {
     assert_eq!(x.argv.as_ref().unwrap().args, ["/bin/sh", "-c", "exit 7", marker.as_str()]);
     assert_eq!(x.executable_path.as_deref(), Some("/bin/sh"));
     assert_eq!(x.process_key, f.process_key, "fork and exec agree on the key");
+    // The image identity (the hash cache's key) is what stat says of the
+    // file that runs.
+    let meta = std::fs::metadata("/bin/sh").unwrap();
+    let want = {
+        use std::os::unix::fs::MetadataExt;
+        collector_core::FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    };
+    assert_eq!(images.get(&sh_pid).copied().flatten(), Some(want), "image of /bin/sh");
     let my_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     if let Some(path) = my_cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
         assert_eq!(x.cgroup.as_deref(), Some(path), "the child's cgroup is ours");
@@ -202,7 +221,7 @@ async fn a_tiny_ring_buffer_reports_its_losses_as_gaps() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(500), src.next_batch(&mut batch)).await;
-        for e in batch.drain(..) {
+        for e in batch.drain(..).map(|se| se.event) {
             if let Some(gap) = &e.gap {
                 assert_eq!(e.event_type(), EventType::Gap);
                 assert!(gap.reason.starts_with("ebpf_ringbuf_full"), "{}", gap.reason);

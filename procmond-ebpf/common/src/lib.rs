@@ -68,6 +68,24 @@ pub const PARENT_UNREADABLE: u32 = 1 << 5;
 /// Fork flag: the new task is a thread of its parent's process
 /// (`CLONE_THREAD`: its tgid is the parent's), not a new process.
 pub const FORK_THREAD: u32 = 1 << 6;
+/// Exec flag: the executable's inode could not be read (the `image_*`
+/// fields are not valid).
+pub const EXEC_IMAGE_UNREADABLE: u32 = 1 << 7;
+
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+pub const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_query` flag: the ring's size in bytes.
+pub const BPF_RB_RING_SIZE: u64 = 1;
+/// `bpf_ringbuf_output` flag: do not wake the consumer.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output` flag: wake the consumer even if it has records to
+/// read (a record sent with [`BPF_RB_NO_WAKEUP`] before this one would
+/// otherwise keep the kernel's adaptive wake-up from firing).
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Fork and exit records wake the consumer only once the ring holds more
+/// than `1 / LAZY_WAKEUP_FILL` of its size; below that they wait for the
+/// next exec (which always wakes it) or the consumer's idle poll.
+pub const LAZY_WAKEUP_FILL: u64 = 4;
 
 /// The slots of the `DROPS` per-CPU `u64` array.
 pub mod drop_reason {
@@ -150,6 +168,28 @@ pub struct KernelOffsets {
     pub cred_egid: u32,
     /// `linux_binprm.filename`.
     pub bprm_filename: u32,
+    /// `linux_binprm.file` (the image that runs: `/proc/<pid>/exe`).
+    pub bprm_file: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `inode.i_size`.
+    pub inode_size: u32,
+    /// The seconds of `inode`'s mtime (`i_mtime_sec`, or `tv_sec` of the
+    /// older `__i_mtime`/`i_mtime` timespec).
+    pub inode_mtime_sec: u32,
+    /// The nanoseconds of `inode`'s mtime (read as a `u32`).
+    pub inode_mtime_nsec: u32,
+    /// The seconds of `inode`'s ctime.
+    pub inode_ctime_sec: u32,
+    /// The nanoseconds of `inode`'s ctime (bit 31 may be the kernel's
+    /// `I_CTIME_QUERIED` flag; userspace masks it).
+    pub inode_ctime_nsec: u32,
+    /// `super_block.s_dev` (the kernel's `dev_t`: major << 20 | minor).
+    pub sb_dev: u32,
     /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags`.
     pub signal_group_exit_flag: u32,
 }
@@ -177,6 +217,16 @@ impl KernelOffsets {
         cred_euid: 0,
         cred_egid: 0,
         bprm_filename: 0,
+        bprm_file: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        inode_size: 0,
+        inode_mtime_sec: 0,
+        inode_mtime_nsec: 0,
+        inode_ctime_sec: 0,
+        inode_ctime_nsec: 0,
+        sb_dev: 0,
         signal_group_exit_flag: 0,
     };
 }
@@ -230,14 +280,32 @@ pub struct ExecEvent {
     /// `arg_end - arg_start` as the kernel had it (saturated), so a cut
     /// can be told from a short vector.
     pub argv_full_len: u32,
+    /// The image's device, the kernel's `dev_t` (`major << 20 | minor`).
+    pub image_dev: u32,
     /// Padding; zero.
-    pub reserved: [u32; 2],
+    pub reserved: u32,
     /// The process's start, `start_boottime` (ns since boot).
     pub start_boottime_ns: u64,
     /// The parent process's start (`real_parent->group_leader`).
     pub parent_start_boottime_ns: u64,
     /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
+    /// The running image (`bprm->file`, what `/proc/<pid>/exe` names): its
+    /// inode number, size, mtime and ctime, so that userspace finds its hash
+    /// in the cache without a `stat` ([`EXEC_IMAGE_UNREADABLE`] when not
+    /// read).
+    pub image_ino: u64,
+    /// The image's size in bytes.
+    pub image_size: u64,
+    /// The image's mtime, seconds.
+    pub image_mtime_sec: i64,
+    /// The image's ctime, seconds.
+    pub image_ctime_sec: i64,
+    /// The image's mtime, nanoseconds.
+    pub image_mtime_nsec: u32,
+    /// The image's ctime, nanoseconds (flag bits included; see
+    /// [`KernelOffsets::inode_ctime_nsec`]).
+    pub image_ctime_nsec: u32,
     /// The new `comm`.
     pub comm: [u8; TASK_COMM_LEN],
     /// Path, then argument vector.
@@ -306,10 +374,10 @@ pub const EXIT_EVENT_LEN: usize = core::mem::size_of::<ExitEvent>();
 // The layout is part of the wire: pin it.
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 16);
-    assert!(EXEC_FIXED_LEN == 104);
+    assert!(EXEC_FIXED_LEN == 144);
     assert!(FORK_EVENT_LEN == 72);
     assert!(EXIT_EVENT_LEN == 56);
-    assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
     // A per-CPU map value may not exceed 32 KiB (PCPU_MIN_UNIT_SIZE).
     assert!(core::mem::size_of::<ExecEvent>() <= 32 * 1024);
 };

@@ -25,9 +25,10 @@ use aya_ebpf::macros::{map, raw_tracepoint};
 use aya_ebpf::maps::{PerCpuArray, RingBuf};
 use aya_ebpf::programs::RawTracePointContext;
 use procmond_ebpf_common::{
-    ARGV_CAP, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CRED_UNREADABLE,
-    EXEC_FILENAME_TRUNCATED, EXEC_FILENAME_UNREADABLE, EXEC_FIXED_LEN, EventHeader, ExecEvent, ExitEvent, FILENAME_CAP,
-    FORK_THREAD, ForkEvent, KernelOffsets, PARENT_UNREADABLE, TASK_COMM_LEN, drop_reason,
+    ARGV_CAP, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, EVENT_EXEC, EVENT_EXIT,
+    EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CRED_UNREADABLE, EXEC_FILENAME_TRUNCATED,
+    EXEC_FILENAME_UNREADABLE, EXEC_FIXED_LEN, EXEC_IMAGE_UNREADABLE, EventHeader, ExecEvent, ExitEvent, FILENAME_CAP,
+    FORK_THREAD, ForkEvent, KernelOffsets, LAZY_WAKEUP_FILL, PARENT_UNREADABLE, TASK_COMM_LEN, drop_reason,
 };
 
 /// The struct offsets, replaced at load time (`EbpfLoader::override_global`).
@@ -107,6 +108,18 @@ fn parent_of(task: Task) -> Result<(u32, u64), i64> {
     process_of(parent)
 }
 
+/// The wake-up flag of a fork or exit record. Waking the consumer costs it
+/// a context switch (on a VM, tens of microseconds from idle), and nothing
+/// waits for these records: they ride along with the next exec, which
+/// always wakes it, or the consumer's idle poll — unless the ring is
+/// filling, when waiting could lose events.
+#[inline(always)]
+fn lazy_wakeup() -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let size = EVENTS.query(BPF_RB_RING_SIZE);
+    if pending > size / LAZY_WAKEUP_FILL { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
+}
+
 #[inline(always)]
 fn comm_of(task: Task) -> [u8; TASK_COMM_LEN] {
     rd(task, off!(task_comm)).unwrap_or([0; TASK_COMM_LEN])
@@ -162,10 +175,20 @@ fn exec(ctx: &RawTracePointContext) {
         }
         Err(_) => flags |= EXEC_CRED_UNREADABLE,
     }
-    ev.reserved = [0; 2];
+    ev.reserved = 0;
     // SAFETY: a helper without arguments; at this tracepoint `p == current`.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = comm_of(task);
+    if image_of(bprm, ev).is_err() {
+        ev.image_dev = 0;
+        ev.image_ino = 0;
+        ev.image_size = 0;
+        ev.image_mtime_sec = 0;
+        ev.image_ctime_sec = 0;
+        ev.image_mtime_nsec = 0;
+        ev.image_ctime_nsec = 0;
+        flags |= EXEC_IMAGE_UNREADABLE;
+    }
 
     // The path, at the start of `data`.
     let mut name_len: usize = 0;
@@ -252,12 +275,30 @@ fn exec(ctx: &RawTracePointContext) {
             (&raw const EVENTS).cast_mut().cast::<c_void>(),
             (ev as *mut ExecEvent).cast::<c_void>(),
             size as u64,
-            0,
+            // An exec may match a rule: the consumer wakes at once.
+            BPF_RB_FORCE_WAKEUP,
         )
     };
     if ret != 0 {
         count(drop_reason::RINGBUF_FULL_EXEC);
     }
+}
+
+/// The identity of the image that runs (`bprm->file`'s inode), which keys
+/// userspace's hash cache.
+#[inline(always)]
+fn image_of(bprm: *const u8, ev: &mut ExecEvent) -> Result<(), i64> {
+    let file: *const u8 = rd(bprm, off!(bprm_file))?;
+    let inode: *const u8 = rd(file, off!(file_inode))?;
+    let sb: *const u8 = rd(inode, off!(inode_sb))?;
+    ev.image_dev = rd(sb, off!(sb_dev))?;
+    ev.image_ino = rd(inode, off!(inode_ino))?;
+    ev.image_size = rd(inode, off!(inode_size))?;
+    ev.image_mtime_sec = rd(inode, off!(inode_mtime_sec))?;
+    ev.image_ctime_sec = rd(inode, off!(inode_ctime_sec))?;
+    ev.image_mtime_nsec = rd(inode, off!(inode_mtime_nsec))?;
+    ev.image_ctime_nsec = rd(inode, off!(inode_ctime_nsec))?;
+    Ok(())
 }
 
 #[inline(always)]
@@ -317,7 +358,7 @@ fn fork(ctx: &RawTracePointContext) {
         parent_start_boottime_ns: parent_start,
         comm: comm_of(child),
     };
-    if EVENTS.output::<ForkEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ForkEvent>(&ev, lazy_wakeup()).is_err() {
         count(drop_reason::RINGBUF_FULL_FORK);
     }
 }
@@ -364,7 +405,7 @@ fn exit(task: Task) {
         start_boottime_ns: start,
         comm: comm_of(task),
     };
-    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExitEvent>(&ev, lazy_wakeup()).is_err() {
         count(drop_reason::RINGBUF_FULL_EXIT);
     }
 }

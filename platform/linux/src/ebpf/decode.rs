@@ -8,12 +8,13 @@
 
 use std::mem::offset_of;
 
+use collector_core::FileIdentity;
 use daemoneye_lib::models::{ProcessKey, join_command_line};
 use daemoneye_lib::proto::{Argv, EventSource, EventType, ProcessEvent, ProcessRecord};
 use procmond_ebpf_common::{
     EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CRED_UNREADABLE,
-    EXEC_FILENAME_UNREADABLE, EXEC_FIXED_LEN, EXIT_EVENT_LEN, EventHeader, ExecEvent, ExitEvent, FORK_EVENT_LEN,
-    FORK_THREAD, ForkEvent, PARENT_UNREADABLE, TASK_COMM_LEN,
+    EXEC_FILENAME_UNREADABLE, EXEC_FIXED_LEN, EXEC_IMAGE_UNREADABLE, EXIT_EVENT_LEN, EventHeader, ExecEvent, ExitEvent,
+    FORK_EVENT_LEN, FORK_THREAD, ForkEvent, PARENT_UNREADABLE, TASK_COMM_LEN,
 };
 
 /// What decoding needs besides the record.
@@ -57,6 +58,9 @@ pub struct Decoded {
     pub cgroup_id: Option<u64>,
     /// True for a fork that created a thread, not a process.
     pub is_thread: bool,
+    /// The running image of an exec (its inode as the kernel had it), the
+    /// hash cache's key.
+    pub image: Option<FileIdentity>,
 }
 
 /// Decodes one ring buffer record.
@@ -82,19 +86,20 @@ pub fn decode(ctx: &DecodeContext, rec: &[u8]) -> Result<Decoded, DecodeError> {
     let event_time_ns = ctx.unix_ns(time);
     let (process, cgroup_id, is_thread, event_type) = match kind {
         EVENT_EXEC => {
-            let (p, cg) = exec(ctx, &r, flags).ok_or(short)?;
+            let (p, cg) = exec(ctx, &r, flags).ok_or_else(|| short.clone())?;
             (p, Some(cg), false, EventType::Exec)
         }
         EVENT_FORK => {
-            let p = fork(ctx, &r, flags).ok_or(short)?;
+            let p = fork(ctx, &r, flags).ok_or_else(|| short.clone())?;
             (p, None, flags & FORK_THREAD != 0, EventType::Fork)
         }
         _ => {
-            let mut p = exit(ctx, &r).ok_or(short)?;
+            let mut p = exit(ctx, &r).ok_or_else(|| short.clone())?;
             p.exit_time_ns = Some(event_time_ns);
             (p, None, false, EventType::Exit)
         }
     };
+    let image = if kind == EVENT_EXEC && flags & EXEC_IMAGE_UNREADABLE == 0 { image(&r) } else { None };
     Ok(Decoded {
         event: ProcessEvent {
             seq: 0,
@@ -106,6 +111,26 @@ pub fn decode(ctx: &DecodeContext, rec: &[u8]) -> Result<Decoded, DecodeError> {
         },
         cgroup_id,
         is_thread,
+        image,
+    })
+}
+
+/// Nanoseconds below 10^9 fit in 30 bits; the kernel keeps flags above
+/// (multigrain ctime's `I_CTIME_QUERIED` is bit 31).
+const NSEC_MASK: u32 = (1 << 30) - 1;
+
+/// The exec record's image identity, in the form `stat` reports it.
+fn image(r: &Record<'_>) -> Option<FileIdentity> {
+    let dev = r.u32(offset_of!(ExecEvent, image_dev))?;
+    let secs = |off| r.u64(off).map(|v| v as i64);
+    let nsecs = |off| r.u32(off).map(|v| i64::from(v & NSEC_MASK));
+    Some(FileIdentity {
+        // The kernel's dev_t is major << 20 | minor.
+        dev: FileIdentity::encode_dev(dev >> 20, dev & 0xf_ffff),
+        ino: r.u64(offset_of!(ExecEvent, image_ino))?,
+        size: r.u64(offset_of!(ExecEvent, image_size))?,
+        mtime: (secs(offset_of!(ExecEvent, image_mtime_sec))?, nsecs(offset_of!(ExecEvent, image_mtime_nsec))?),
+        ctime: (secs(offset_of!(ExecEvent, image_ctime_sec))?, nsecs(offset_of!(ExecEvent, image_ctime_nsec))?),
     })
 }
 

@@ -40,10 +40,18 @@ fn exec_event(flags: u32, filename: &[u8], argv: &[u8]) -> Vec<u8> {
         filename_len: filename.len() as u32,
         argv_len: argv.len() as u32,
         argv_full_len: argv.len() as u32,
-        reserved: [0; 2],
+        image_dev: (8 << 20) | 3,
+        reserved: 0,
         start_boottime_ns: 123_456_789_000,
         parent_start_boottime_ns: 1_000_000_000,
         cgroup_id: 77,
+        image_ino: 131_075,
+        image_size: 125_560,
+        image_mtime_sec: 1_700_000_001,
+        image_ctime_sec: 1_700_000_002,
+        image_mtime_nsec: 5,
+        // Bit 31: multigrain ctime's "queried" flag, not part of the time.
+        image_ctime_nsec: (1 << 31) | 6,
         comm: comm("sh"),
         data,
     };
@@ -58,6 +66,20 @@ fn exec_carries_identity_argv_and_times() {
     let d = decode(&ctx(), &exec_event(0, b"/bin/sh", b"sh\0-c\0exit 7\0")).unwrap();
     assert_eq!(d.cgroup_id, Some(77));
     assert!(!d.is_thread);
+    // /dev/sda3 is 8:3, st_dev 0x803.
+    let image = collector_core::FileIdentity {
+        dev: 0x803,
+        ino: 131_075,
+        size: 125_560,
+        mtime: (1_700_000_001, 5),
+        ctime: (1_700_000_002, 6),
+    };
+    assert_eq!(d.image, Some(image));
+    assert_eq!(
+        decode(&ctx(), &exec_event(EXEC_IMAGE_UNREADABLE, b"/bin/sh", b"sh\0")).unwrap().image,
+        None,
+        "no image without its inode"
+    );
     let e = d.event;
     assert_eq!(e.event_type(), EventType::Exec);
     assert_eq!(e.source(), EventSource::Ebpf);

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
+use collector_core::SourceEvent;
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{EventSource, EventType, GapInfo, ProcessEvent, ProcessRecord};
 use procmond_ebpf_common::{
@@ -46,6 +47,11 @@ pub const MAX_BATCH: usize = 1024;
 /// How often drop counters are read while events flow (and the longest an
 /// idle source waits before reading them).
 const DROP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Fork and exit records do not wake procmond (see the eBPF programs'
+/// `lazy_wakeup`): they come with the next exec, or with this poll of the
+/// ring, which costs no system call when it is empty. So an exit waits at
+/// most this long on an otherwise quiet machine.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// The embedded object, if the build had one.
 #[cfg(daemoneye_ebpf_object)]
@@ -271,7 +277,7 @@ impl EbpfSource {
     /// plus a `gap` event per reason for losses counted since the last
     /// report. Returns with at least one event appended. Cancel-safe: it
     /// only awaits while `out` is untouched.
-    pub async fn next_batch(&mut self, out: &mut Vec<ProcessEvent>) -> Result<(), EbpfError> {
+    pub async fn next_batch(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), EbpfError> {
         let start = out.len();
         loop {
             self.ctx.boot_time_ns = boot_time_ns();
@@ -286,7 +292,7 @@ impl EbpfSource {
                 return Ok(());
             }
             let ring = self.ring.registered()?;
-            match tokio::time::timeout(DROP_CHECK_INTERVAL, ring.readable_mut()).await {
+            match tokio::time::timeout(IDLE_POLL, ring.readable_mut()).await {
                 Ok(Ok(mut guard)) => guard.clear_ready(),
                 Ok(Err(source)) => {
                     return Err(EbpfError::Io { what: "waiting on the eBPF ring buffer", source });
@@ -306,7 +312,7 @@ impl EbpfSource {
         Ok(c)
     }
 
-    fn drain(&mut self, out: &mut Vec<ProcessEvent>, start: usize) {
+    fn drain(&mut self, out: &mut Vec<SourceEvent>, start: usize) {
         let Some(ring) = self.ring.get_mut() else {
             return;
         };
@@ -321,7 +327,7 @@ impl EbpfSource {
                         p.cgroup = self.cgroups.resolve(id);
                         p.container_id = p.cgroup.as_deref().and_then(crate::procfs::container_id_of_cgroup_path);
                     }
-                    out.push(d.event);
+                    out.push(SourceEvent { event: d.event, image: d.image });
                 }
                 Err(e) => {
                     self.decode_errors += 1;
@@ -332,7 +338,7 @@ impl EbpfSource {
     }
 
     /// Appends a `gap` event per reason whose lost count grew.
-    fn report_drops(&mut self, out: &mut Vec<ProcessEvent>) -> Result<(), EbpfError> {
+    fn report_drops(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), EbpfError> {
         self.last_check = Instant::now();
         let now = self.drop_counters()?;
         let lost_slots = drop_reason::LOST_BELOW as usize;
@@ -341,7 +347,7 @@ impl EbpfSource {
             let is_loss = i < lost_slots || reason == "decode_error";
             if is_loss && n > was {
                 tracing::warn!(reason, lost = n - was, "eBPF events lost");
-                out.push(gap_event(n - was, reason));
+                out.push(gap_event(n - was, reason).into());
             } else if n > was {
                 tracing::debug!(reason, count = n - was, "eBPF events sent with a part missing");
             }

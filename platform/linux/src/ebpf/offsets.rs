@@ -21,6 +21,9 @@ pub enum ExitHook {
 /// naming it.
 pub(crate) fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let task = |m: &str| btf.member_offset("task_struct", m);
+    let inode = |m: &str| btf.member_offset("inode", m);
+    let (inode_mtime_sec, inode_mtime_nsec) = inode_time(btf, "mtime")?;
+    let (inode_ctime_sec, inode_ctime_nsec) = inode_time(btf, "ctime")?;
     Ok(KernelOffsets {
         task_pid: task("pid")?,
         task_tgid: task("tgid")?,
@@ -42,8 +45,34 @@ pub(crate) fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         cred_euid: btf.member_offset("cred", "euid")?,
         cred_egid: btf.member_offset("cred", "egid")?,
         bprm_filename: btf.member_offset("linux_binprm", "filename")?,
+        bprm_file: btf.member_offset("linux_binprm", "file")?,
+        file_inode: btf.member_offset("file", "f_inode")?,
+        inode_ino: inode("i_ino")?,
+        inode_sb: inode("i_sb")?,
+        inode_size: inode("i_size")?,
+        inode_mtime_sec,
+        inode_mtime_nsec,
+        inode_ctime_sec,
+        inode_ctime_nsec,
+        sb_dev: btf.member_offset("super_block", "s_dev")?,
         signal_group_exit_flag: SIGNAL_GROUP_EXIT,
     })
+}
+
+/// `(seconds, nanoseconds)` offsets of an inode time (`which` is `mtime`
+/// or `ctime`). Linux 6.11+ splits them into `i_<which>_sec` and
+/// `i_<which>_nsec`; 6.6–6.10 have a `struct timespec64 __i_<which>`, older
+/// kernels `i_<which>` (a timespec64: `tv_sec` at 0, `tv_nsec` at 8).
+fn inode_time(btf: &Btf, which: &str) -> Result<(u32, u32), BtfError> {
+    if let (Ok(sec), Ok(nsec)) =
+        (btf.member_offset("inode", &format!("i_{which}_sec")), btf.member_offset("inode", &format!("i_{which}_nsec")))
+    {
+        return Ok((sec, nsec));
+    }
+    let spec = btf
+        .member_offset("inode", &format!("__i_{which}"))
+        .or_else(|_| btf.member_offset("inode", &format!("i_{which}")))?;
+    Ok((spec, spec + 8))
 }
 
 /// The exit hook the kernel offers: `btf_trace_sched_process_exit` has
@@ -74,6 +103,11 @@ mod tests {
         assert_eq!(task.len(), 5);
         assert_eq!(o.task_tgid, o.task_pid + 4, "tgid follows pid in task_struct");
         assert!(o.mm_arg_end > o.mm_arg_start);
+        let mut inode = vec![o.inode_ino, o.inode_sb, o.inode_size, o.inode_mtime_sec, o.inode_ctime_sec];
+        inode.sort_unstable();
+        inode.dedup();
+        assert_eq!(inode.len(), 5, "{o:?}");
+        assert_ne!(o.inode_mtime_nsec, o.inode_ctime_nsec);
         exit_hook(&btf).unwrap();
     }
 }
