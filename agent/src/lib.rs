@@ -5,6 +5,7 @@
 //!   [`store_writer`]: the thread that writes it for the pipeline.
 //! - [`table`]: the in-memory process view that rules and queries read.
 //! - [`pipeline`]: bus/ledger -> store -> view -> streaming rules -> alerts.
+//! - [`event_window`]: the recent events table rules read, kept in memory.
 //! - [`alerts`]: dedupe, store-before-deliver.
 //! - [`sinks`]: the outbox workers: stdout, file, syslog, webhook.
 //! - [`sdnotify`]: systemd readiness and watchdog datagrams.
@@ -27,6 +28,7 @@ pub mod api_alerts;
 pub mod api_rules;
 pub mod api_tasks;
 pub mod bus;
+pub mod event_window;
 pub mod health;
 pub mod metrics;
 pub mod os;

@@ -117,10 +117,13 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
         .context("starting the alert sinks (check [alerts] in the configuration)")?;
     let alerts = AlertManager::new(Arc::clone(&store), config.alerts.dedupe_window, Arc::new(delivery))?;
     let limits = Limits { timeout: config.rules.query_timeout, max_rows: config.rules.max_rows, ..Limits::default() };
+    let rules = Arc::new(rules);
+    let windows = daemoneye_agent::event_window::EventWindows::at_start(&rules, &store);
     let shared = Arc::new(Shared {
         store,
         table: RwLock::new(table),
-        rules: RwLock::new(Arc::new(rules)),
+        rules: RwLock::new(rules),
+        windows: Mutex::new(windows),
         rules_source: RulesSource::new(config.rules.dir.clone()),
         alerts: Mutex::new(alerts),
         health: Arc::clone(&health),

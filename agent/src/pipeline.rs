@@ -29,14 +29,16 @@ use std::time::Duration;
 
 use daemoneye_eventbus::Subscription;
 use daemoneye_lib::detection::schema::event_row;
-use daemoneye_lib::detection::{Limits, Params, RuleSet};
+use daemoneye_lib::detection::{Limits, Params, RuleSet, Value};
 use daemoneye_lib::ledger::{LedgerReader, RecordKind};
 use daemoneye_lib::models::event_type_name;
+use daemoneye_lib::models::time::now_ms;
 use daemoneye_lib::proto::{EventType, ProcessEvent};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{AlertManager, Match};
+use crate::event_window::{EventSource, EventWindows};
 use crate::health::Health;
 use crate::store::{PendingBatch, STORE_FLUSH_EVERY, Store};
 use crate::store_writer::{OwnedMatch, StoreCmd, StoreWriter};
@@ -57,8 +59,11 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The in-memory process view.
     pub table: RwLock<ProcessTable>,
-    /// The loaded rules (replaced whole on reload).
+    /// The loaded rules (replaced whole on reload, with [`Shared::set_rules`]).
     pub rules: RwLock<Arc<RuleSet>>,
+    /// The table rules' recent events (see [`crate::event_window`]); follows
+    /// `rules`.
+    pub windows: Mutex<EventWindows>,
     /// The rules directory and when it was last loaded (`rules_watch`).
     pub rules_source: crate::rules_watch::RulesSource,
     /// Alert dedupe and delivery.
@@ -87,6 +92,20 @@ impl Shared {
     /// The current rules.
     pub fn rules(&self) -> Arc<RuleSet> {
         self.rules.read().map(|g| Arc::clone(&g)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Replaces the running rule set, and the table rules' event windows
+    /// with it (a rule that did not change keeps its window).
+    pub fn set_rules(&self, set: Arc<RuleSet>) {
+        // Windows first: the pipeline feeds them under this lock, and a
+        // rule that is not in them yet reads the store.
+        self.windows().rebuild(&set, now_ms());
+        *self.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+    }
+
+    /// The event windows, locked.
+    pub fn windows(&self) -> std::sync::MutexGuard<'_, EventWindows> {
+        self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -282,9 +301,12 @@ fn evaluate_streaming(
 ) -> Vec<OwnedMatch> {
     let rules = shared.rules();
     let mut matches = Vec::new();
-    if rules.rules.is_empty() {
+    // Table rules with an event window get each event's row too.
+    let feed_windows = !shared.windows().is_empty();
+    if rules.rules.is_empty() && !feed_windows {
         return matches;
     }
+    let now = if feed_windows { now_ms() } else { 0 };
     let params = Params::default();
     let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tables = QueryTables::processes_only(&table);
@@ -321,6 +343,10 @@ fn evaluate_streaming(
                 }
             }
         }
+        if feed_windows {
+            let mut row = || -> Arc<[Value]> { row.take().unwrap_or_else(|| event_row(&inc.event, state)).into() };
+            shared.windows().offer(&mut row, now);
+        }
     }
     matches
 }
@@ -332,12 +358,22 @@ pub fn evaluate_table_rules(shared: &Shared) {
     let mut matches = Vec::new();
     {
         let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tables = QueryTables::with_store(&table, &shared.store);
+        // Rules without a complete event window share one load of the
+        // store's events (made on first use).
+        let store_tables = QueryTables::with_store(&table, &shared.store);
         for (r, lr) in rules.rules.iter().enumerate() {
             if !lr.rule.enabled || lr.query.is_streaming() {
                 continue;
             }
-            match lr.query.execute(&tables, &params, &shared.limits) {
+            let window_tables;
+            let tables = match shared.windows().source(&rules, r, now_ms()) {
+                EventSource::Window(rows) => {
+                    window_tables = QueryTables::with_events(&table, &shared.store, rows);
+                    &window_tables
+                }
+                EventSource::Store => &store_tables,
+            };
+            match lr.query.execute(tables, &params, &shared.limits) {
                 Ok(rs) => {
                     for row in rs.rows {
                         matches.push((r, rs.columns.clone(), row));

@@ -70,10 +70,7 @@ pub fn reload(shared: &Shared) -> Arc<RuleSet> {
     let set = Arc::new(set);
     shared.health.rules_loaded.store(u32::try_from(set.rules.len()).unwrap_or(u32::MAX), Relaxed);
     shared.health.rules_failed.store(u32::try_from(set.errors.len()).unwrap_or(u32::MAX), Relaxed);
-    {
-        let mut g = shared.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *g = Arc::clone(&set);
-    }
+    shared.set_rules(Arc::clone(&set));
     shared.rules_source.loaded_ms.store(now_ms(), Relaxed);
     tracing::info!(
         dir = %dir.display(),

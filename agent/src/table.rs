@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use daemoneye_lib::detection::schema::{alert_row, event_row, process_row};
 use daemoneye_lib::detection::{RowRef, Table, TableProvider, Value};
@@ -134,6 +134,9 @@ impl ProcessTable {
 pub struct QueryTables<'a> {
     processes: &'a ProcessTable,
     store: Option<&'a Store>,
+    /// `process_events` as given (a table rule's event window); else loaded
+    /// from the store on first use.
+    given_events: Option<Vec<Arc<[Value]>>>,
     events: OnceLock<Vec<Vec<Value>>>,
     alerts: OnceLock<Vec<Vec<Value>>>,
     load_error: Mutex<Option<StoreError>>,
@@ -157,8 +160,21 @@ impl<'a> QueryTables<'a> {
         Self::new(processes, Some(store))
     }
 
+    /// The view, these `process_events` rows (a table rule's event window,
+    /// see [`crate::event_window`]), and the store's alerts.
+    pub fn with_events(processes: &'a ProcessTable, store: &'a Store, events: Vec<Arc<[Value]>>) -> Self {
+        Self { given_events: Some(events), ..Self::new(processes, Some(store)) }
+    }
+
     fn new(processes: &'a ProcessTable, store: Option<&'a Store>) -> Self {
-        Self { processes, store, events: OnceLock::new(), alerts: OnceLock::new(), load_error: Mutex::new(None) }
+        Self {
+            processes,
+            store,
+            given_events: None,
+            events: OnceLock::new(),
+            alerts: OnceLock::new(),
+            load_error: Mutex::new(None),
+        }
     }
 
     /// A store error met while loading events or alerts during the query;
@@ -206,7 +222,10 @@ impl TableProvider for QueryTables<'_> {
     fn scan(&self, table: Table) -> Box<dyn Iterator<Item = RowRef<'_>> + '_> {
         match table {
             Table::Processes => Box::new(self.processes.rows.values().map(|e| Cow::Borrowed(e.row.as_slice()))),
-            Table::ProcessEvents => Box::new(self.events().iter().map(|r| Cow::Borrowed(r.as_slice()))),
+            Table::ProcessEvents => match &self.given_events {
+                Some(rows) => Box::new(rows.iter().map(|r| Cow::Borrowed(&r[..]))),
+                None => Box::new(self.events().iter().map(|r| Cow::Borrowed(r.as_slice()))),
+            },
             Table::Alerts => Box::new(self.alerts().iter().map(|r| Cow::Borrowed(r.as_slice()))),
         }
     }
@@ -221,7 +240,9 @@ impl TableProvider for QueryTables<'_> {
     fn row_count_hint(&self, table: Table) -> usize {
         match table {
             Table::Processes => self.processes.rows.len(),
-            Table::ProcessEvents => self.events.get().map_or(0, Vec::len),
+            Table::ProcessEvents => {
+                self.given_events.as_ref().map_or_else(|| self.events.get().map_or(0, Vec::len), Vec::len)
+            }
             Table::Alerts => self.alerts.get().map_or(0, Vec::len),
         }
     }

@@ -51,6 +51,8 @@ use pipe as sys;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
+mod unix_conn;
+#[cfg(unix)]
 use unix as sys;
 
 /// The SDDL of every DaemonEye pipe: owner Administrators, protected DACL

@@ -105,6 +105,51 @@ mod unix {
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
+    /// A writer far ahead of its reader fills the socket buffer, waits for
+    /// room (the only time it asks for write readiness) and goes on; every
+    /// byte arrives in order, and dropping the write half ends the stream.
+    #[tokio::test]
+    async fn a_writer_waits_for_a_slow_reader_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sock");
+        let mut listener = Listener::bind(&path, &BindOptions::default()).await.unwrap();
+        let (client, server) = tokio::join!(connect(&path), listener.accept());
+        let (_client_rd, mut wr) = client.unwrap().into_split();
+        let (mut rd, _server_wr) = server.unwrap().into_split();
+        const TOTAL: usize = 8 << 20;
+        let byte = |i: usize| (i % 251) as u8;
+        let writer = tokio::spawn(async move {
+            let data: Vec<u8> = (0..TOTAL).map(byte).collect();
+            let mut sent = 0;
+            while sent < TOTAL {
+                let rest = &data[sent..];
+                let mid = rest.len().min(1000);
+                let n =
+                    wr.write_vectored(&[io::IoSlice::new(&rest[..mid]), io::IoSlice::new(&rest[mid..])]).await.unwrap();
+                assert!(n > 0);
+                sent += n;
+            }
+            wr.flush().await.unwrap();
+            sent
+        });
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // A slow reader: the writer must wait on a full buffer.
+            tokio::time::sleep(std::time::Duration::from_micros(50)).await;
+            let n = rd.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, byte(got + k), "byte {}", got + k);
+            }
+            got += n;
+        }
+        assert_eq!(writer.await.unwrap(), TOTAL);
+        assert_eq!(got, TOTAL, "every byte written arrived in order, then the end of the stream");
+    }
+
     #[tokio::test]
     async fn a_second_listener_on_a_live_socket_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,12 +8,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::info;
 
 use super::BindOptions;
+use super::unix_conn::Conn;
 use crate::acl::PeerIdentity;
 use crate::error::BusError;
 
-pub(super) type Stream = UnixStream;
-pub(super) type ReadHalf = tokio::net::unix::OwnedReadHalf;
-pub(super) type WriteHalf = tokio::net::unix::OwnedWriteHalf;
+pub(super) type Stream = Conn;
+pub(super) type ReadHalf = super::unix_conn::ReadHalf;
+pub(super) type WriteHalf = super::unix_conn::WriteHalf;
 
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -39,7 +40,7 @@ impl Listener {
     }
 
     pub(super) async fn accept(&mut self) -> io::Result<Stream> {
-        self.listener.accept().await.map(|(stream, _)| stream)
+        self.listener.accept().await.and_then(|(stream, _)| Conn::from_tokio(stream))
     }
 
     pub(super) fn endpoint(&self) -> &Path {
@@ -67,7 +68,7 @@ pub(super) fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
 }
 
 pub(super) async fn connect(path: &Path) -> io::Result<Stream> {
-    UnixStream::connect(path).await
+    UnixStream::connect(path).await.and_then(Conn::from_tokio)
 }
 
 pub(super) fn endpoint_exists(path: &Path) -> bool {

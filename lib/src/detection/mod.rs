@@ -20,6 +20,7 @@ mod error;
 mod eval;
 mod exec;
 mod functions;
+mod interest;
 mod like;
 mod memory;
 mod ops;
@@ -36,6 +37,7 @@ mod tests;
 
 pub use error::{Pos, SqlError};
 pub use functions::{basename, dirname};
+pub use interest::EventInterest;
 pub use memory::MemTables;
 pub use provider::{RowRef, TableProvider};
 pub use query::{Limits, Params, Query, ResultSet, validate};

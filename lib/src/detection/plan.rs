@@ -242,7 +242,7 @@ impl Expr {
 
     /// Calls `f` on this expression and every expression under it (not
     /// inside subqueries).
-    fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+    pub(crate) fn walk<'e>(&'e self, f: &mut dyn FnMut(&'e Expr)) {
         f(self);
         match self {
             Expr::Col { .. }

@@ -8,7 +8,7 @@ use super::bind;
 use super::error::SqlError;
 use super::exec::Ctx;
 use super::plan::{CmpOp, Expr, Plan, SourceKind};
-use super::{Table, TableProvider, Value};
+use super::{EventInterest, Table, TableProvider, Value};
 
 /// A validated, compiled SELECT. Cheap to clone and share between threads.
 #[derive(Debug, Clone)]
@@ -112,6 +112,16 @@ impl Query {
     /// evaluated on every event with [`Query::evaluate_event`].
     pub fn is_streaming(&self) -> bool {
         matches!(self.plan.root.sources.first().map(|s| s.kind), Some(SourceKind::Table(Table::ProcessEvents)))
+    }
+
+    /// For a table query (not streaming): which `process_events` rows it
+    /// can read, when that is bounded (see [`EventInterest`]). The agent
+    /// keeps just those in memory for the query.
+    pub fn event_interest(&self) -> Option<EventInterest> {
+        if self.is_streaming() {
+            return None;
+        }
+        EventInterest::of(&self.plan)
     }
 
     /// Number of positional parameters (`?`, `?N`).

@@ -29,7 +29,7 @@ use super::super::*;
 use super::grammar::{NAMES, PATHS, Rng, gen_query};
 
 /// What `now_ms()` returns on both sides.
-const NOW_MS: i64 = 1_700_000_123_456;
+pub(super) const NOW_MS: i64 = 1_700_000_123_456;
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
@@ -37,7 +37,7 @@ fn text(s: &str) -> Value {
 
 /// Random `processes` and `process_events` rows: NULLs, unicode, big
 /// integers and reals.
-fn random_tables(rng: &mut Rng) -> MemTables {
+pub(super) fn random_tables(rng: &mut Rng) -> MemTables {
     let mut m = MemTables::new();
     let n = 12 + rng.below(10);
     let pids: Vec<i64> = (0..n)
@@ -91,6 +91,8 @@ fn random_tables(rng: &mut Rng) -> MemTables {
                 cols.retain(|c| c.0 != "is_alive");
                 cols.push(("seq", Value::Integer(k as i64)));
                 cols.push(("event_type", text(rng.pick::<&str>(&["exec", "fork", "exit"]))));
+                let age = *rng.pick(&[0, 500, 1000, 1001, 59_999, 60_000, 119_999, 120_001, 3_000_000, 4_000_000]);
+                cols.push(("event_time", if rng.chance(5) { Value::Null } else { Value::Integer(NOW_MS - age) }));
             }
             m.insert(table, super::engine::row(table, &cols));
         }

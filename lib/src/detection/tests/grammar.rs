@@ -324,3 +324,63 @@ fn grammar_covers_the_registered_functions() {
         assert!(n >= 50, "{f} appears in only {n} of 4000 queries");
     }
 }
+
+/// A table query over `process_events` for the event-interest test: a CTE,
+/// a derived table, an expression subquery or a join scanning the events,
+/// usually with an age bound on `event_time` (and sometimes without one, or
+/// LEFT JOINed, which leaves the query without an interest). Conditions
+/// mix row-only terms with terms reading other sources and `now_ms()`.
+pub(super) fn gen_event_table_query(rng: &mut Rng) -> String {
+    let bound = |rng: &mut Rng, c: &str| -> String {
+        let ms = *rng.pick(&["0", "1000", "60000", "120000", "3600000"]);
+        match rng.below(6) {
+            0 => format!("{c} >= now_ms() - {ms}"),
+            1 => format!("{c} > now_ms() - {ms}"),
+            2 => format!("now_ms() - {ms} <= {c}"),
+            3 => format!("{c} BETWEEN now_ms() - {ms} AND now_ms()"),
+            4 => format!("{c} >= (now_ms() - 1700000000000)"),
+            _ => "1 = 1".into(),
+        }
+    };
+    let mut all: Vec<&str> = INT_COLS.to_vec();
+    all.extend_from_slice(TEXT_COLS);
+    all.push("event_type");
+    let kind = rng.below(5);
+    let mut g = Gen { rng, cols: qualified("e", &all) };
+    let local = g.cond(3);
+    let b = bound(g.rng, "e.event_time");
+    let type_term =
+        *g.rng.pick(&["e.event_type = 'exec'", "e.event_type IN ('exec', 'exit')", "e.event_type <> 'fork'", "1"]);
+    match kind {
+        0 => format!(
+            "WITH t AS (SELECT e.pid, e.name, e.event_type, e.parent_key FROM process_events e \
+             WHERE {type_term} AND {b} AND {local}) \
+             SELECT t.parent_key, count(*), count(DISTINCT t.name) FROM t GROUP BY t.parent_key"
+        ),
+        1 => {
+            // `processes` has no event_type.
+            let procs: Vec<&str> = all.iter().copied().filter(|c| *c != "event_type").collect();
+            let mut g2 = Gen { rng: g.rng, cols: qualified("p", &procs) };
+            let outer = g2.cond(2);
+            format!(
+                "SELECT p.pid, p.name FROM processes p WHERE {outer} AND EXISTS \
+                 (SELECT 1 FROM process_events e WHERE e.ppid = p.pid AND {b} AND {local})"
+            )
+        }
+        2 => {
+            let join = *g.rng.pick(&["JOIN", "LEFT JOIN"]);
+            format!(
+                "SELECT p.pid, e.seq FROM processes p {join} process_events e ON e.pid = p.pid \
+                 WHERE {b} AND {local} AND (e.uid IS p.uid OR p.uid > 0)"
+            )
+        }
+        3 => format!(
+            "SELECT d.name, d.seq FROM (SELECT * FROM process_events e WHERE {local} AND {b} AND {type_term}) d \
+             ORDER BY d.seq"
+        ),
+        _ => format!(
+            "SELECT count(*), max(x.seq), (SELECT count(*) FROM process_events e WHERE {b}) \
+             FROM (SELECT e.seq FROM process_events e WHERE {local} AND {b} AND e.event_time < now_ms() + 1) x"
+        ),
+    }
+}

@@ -5,3 +5,4 @@ mod differential;
 mod engine;
 mod grammar;
 mod hostile;
+mod interest;
