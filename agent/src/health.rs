@@ -195,7 +195,9 @@ impl HealthSource {
             agent_started_ms: self.started_ms,
             bus: self.broker.as_ref().map(|b| crate::bus::bus_health(&b.stats())),
             sinks,
-            store_bytes: std::fs::metadata(shared.store.path()).ok().map(|m| m.len()),
+            store_bytes: std::fs::metadata(shared.store.path())
+                .ok()
+                .map(|m| m.len() + std::fs::metadata(shared.store.alerts_path()).map_or(0, |a| a.len())),
             ledger_head: collector.as_ref().map_or(0, |c| c.ledger_head),
             seq_gaps: h.seq_gaps.load(Relaxed),
             events_malformed: h.events_malformed.load(Relaxed),

@@ -140,7 +140,7 @@ pub fn render(h: &HealthResponse, rules: &[(&str, bool, bool)]) -> String {
     w.gauge("daemoneye_processes_alive", "Live processes in the table.", h.processes_alive as f64);
     w.gauge("daemoneye_processes_tracked", "Processes in the table, exited ones included.", h.processes_total as f64);
     if let Some(bytes) = h.store_bytes {
-        w.gauge("daemoneye_store_size_bytes", "Size of the redb store file.", bytes as f64);
+        w.gauge("daemoneye_store_size_bytes", "Size of the redb files (store and alerts).", bytes as f64);
     }
 
     w.gauge("daemoneye_rules_loaded", "Rules loaded.", f64::from(h.rules_loaded));

@@ -1,15 +1,12 @@
-//! The agent's durable state in one redb file.
+//! The agent's durable state: the store (derived state, one redb file) and
+//! beside it the alert file ([`alerts`]).
 //!
-//! Tables (values are protobuf, the project's one codec):
+//! Store tables (values are protobuf, the project's one codec):
 //! - `processes`: process_key -> `ProcessState`; indexes `processes_by_pid`
 //!   (pid -> key) and `processes_by_parent` (parent_key -> key).
 //! - `process_events`: seq -> `ProcessEvent` (the recent-events window).
-//! - `alerts`: alert id -> `Alert`; `alert_order`: (alert_time_ms, id) -> ().
-//! - `meta`: `last_applied_seq`, `schema_version`.
-//! - `alert_outbox`: (sink name, alert id) -> (), written with the alert and
-//!   removed once that sink has it (see `sinks`).
-//! - `rules_state`: rule id -> enabled, the operator's `rules enable|disable`
-//!   choices, applied over every loaded rule set (see `api_rules`).
+//! - `meta`: `last_applied_seq`, `schema_version` (2: alerts in their own
+//!   file; a schema-1 store's alerts move there on open).
 //!
 //! *Architecture invariant:* `last_applied_seq` is written in the same
 //! transaction as the rows it covers, so after a crash the table and the
@@ -18,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use daemoneye_lib::models::apply_event;
-use daemoneye_lib::proto::{Alert, ProcessEvent, ProcessState};
+use daemoneye_lib::proto::{ProcessEvent, ProcessState};
 use prost::Message;
 use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -26,15 +23,11 @@ const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes"
 const BY_PID: MultimapTableDefinition<u32, &str> = MultimapTableDefinition::new("processes_by_pid");
 const BY_PARENT: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("processes_by_parent");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("process_events");
-const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
-const ALERT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("alert_order");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// (sink name, alert id) -> (): alerts not yet delivered to that sink.
-const OUTBOX: TableDefinition<(&str, &str), ()> = TableDefinition::new("alert_outbox");
-/// rule id -> enabled (operator overrides of the rule files' `enabled`).
-const RULES_STATE: TableDefinition<&str, bool> = TableDefinition::new("rules_state");
 
-const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION: u64 = 2;
+
+mod alerts;
 
 /// Errors from the store; each names the store file.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +162,18 @@ pub struct Store {
     path: PathBuf,
     /// When the last durable commit happened.
     last_durable: std::sync::Mutex<std::time::Instant>,
+    /// Alerts, outbox and rule choices, in their own file.
+    alerts: alerts::AlertDb,
+}
+
+/// Decodes a stored value, naming the file, table and key when it does not.
+fn decode_at<M: Message + Default>(path: &Path, table: &'static str, key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_owned(),
+        table,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 trait Ctx<T> {
@@ -181,33 +186,41 @@ impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
 }
 
 impl Store {
-    /// Opens (or creates) the store and its tables.
+    /// Opens (or creates) the store and its tables, and the alert file
+    /// beside it (moving the alerts of a schema-1 store there).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).ctx(path, "opening")?;
-        let store = Self { db, path: path.to_owned(), last_durable: std::sync::Mutex::new(std::time::Instant::now()) };
-        let txn = store.db.begin_write().ctx(path, "starting a transaction")?;
+        {
+            let r = db.begin_read().ctx(path, "starting a read")?;
+            let found = match r.open_table(META) {
+                Ok(meta) => meta.get("schema_version").ctx(path, "reading meta")?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e).ctx(path, "opening meta"),
+            };
+            if let Some(v) = found.filter(|v| *v > SCHEMA_VERSION) {
+                return Err(StoreError::Schema { path: path.to_owned(), found: v });
+            }
+        }
+        let alerts = alerts::AlertDb::open(&alerts::AlertDb::path_for(path))?;
+        if alerts.migrate_from(&db, path)? {
+            tracing::info!(from = %path.display(), to = %alerts.path().display(), "alerts moved to their own file");
+        }
+        let txn = db.begin_write().ctx(path, "starting a transaction")?;
         {
             txn.open_table(PROCESSES).ctx(path, "creating tables")?;
             txn.open_multimap_table(BY_PID).ctx(path, "creating tables")?;
             txn.open_multimap_table(BY_PARENT).ctx(path, "creating tables")?;
             txn.open_table(EVENTS).ctx(path, "creating tables")?;
-            txn.open_table(ALERTS).ctx(path, "creating tables")?;
-            txn.open_table(ALERT_ORDER).ctx(path, "creating tables")?;
-            txn.open_table(OUTBOX).ctx(path, "creating tables")?;
-            txn.open_table(RULES_STATE).ctx(path, "creating tables")?;
             let mut meta = txn.open_table(META).ctx(path, "creating tables")?;
-            let found = meta.get("schema_version").ctx(path, "reading meta")?.map(|v| v.value());
-            match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::Schema { path: path.to_owned(), found: v });
-                }
-                _ => {
-                    meta.insert("schema_version", SCHEMA_VERSION).ctx(path, "writing meta")?;
-                }
-            }
+            meta.insert("schema_version", SCHEMA_VERSION).ctx(path, "writing meta")?;
         }
         txn.commit().ctx(path, "committing")?;
-        Ok(store)
+        Ok(Self { db, path: path.to_owned(), last_durable: std::sync::Mutex::new(std::time::Instant::now()), alerts })
+    }
+
+    /// The alert file beside the store.
+    pub fn alerts_path(&self) -> &Path {
+        self.alerts.path()
     }
 
     /// Makes a commit of derived state non-durable unless the last durable
@@ -229,7 +242,7 @@ impl Store {
         let txn = self.db.begin_write().ctx(&self.path, "starting a transaction")?;
         txn.commit().ctx(&self.path, "committing")?;
         self.durable();
-        Ok(())
+        self.alerts.flush()
     }
 
     /// Notes a durable commit (the default durability).
@@ -361,142 +374,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Replaces an alert (a repeat's occurrence count; relaxed, see
-    /// [`Store::put_alerts`]).
-    pub fn put_alert(&self, alert: &Alert) -> Result<(), StoreError> {
-        self.put_alerts(&[], std::slice::from_ref(alert), &[])
-    }
-
-    /// In one transaction: the `new` alerts, each with one outbox entry per
-    /// sink (after a crash every sink still finds them), and the `updated`
-    /// ones (occurrence counts of repeats). Durable when there is a new
-    /// alert — the outbox must hold it before any sink sees it — and
-    /// relaxed otherwise (a crash may forget the last repeats' counts).
-    pub fn put_alerts(&self, new: &[Alert], updated: &[Alert], sinks: &[String]) -> Result<(), StoreError> {
-        if new.is_empty() && updated.is_empty() {
-            return Ok(());
-        }
-        let p = &self.path;
-        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
-        let relaxed = new.is_empty() && self.relax(&mut txn)?;
-        {
-            let mut alerts = txn.open_table(ALERTS).ctx(p, "opening alerts")?;
-            let mut order = txn.open_table(ALERT_ORDER).ctx(p, "opening alerts")?;
-            let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
-            for alert in new.iter().chain(updated) {
-                alerts.insert(alert.id.as_str(), alert.encode_to_vec().as_slice()).ctx(p, "writing an alert")?;
-                order.insert((alert.alert_time_ms, alert.id.as_str()), ()).ctx(p, "writing an alert")?;
-            }
-            for alert in new {
-                for sink in sinks {
-                    outbox.insert((sink.as_str(), alert.id.as_str()), ()).ctx(p, "writing alert_outbox")?;
-                }
-            }
-        }
-        txn.commit().ctx(p, "committing alerts")?;
-        if !relaxed {
-            self.durable();
-        }
-        Ok(())
-    }
-
-    /// Inserts an alert and, in the same transaction, one outbox entry per
-    /// sink: after a crash every sink still finds it.
-    pub fn put_alert_for_delivery(&self, alert: &Alert, sinks: &[String]) -> Result<(), StoreError> {
-        self.put_alerts(std::slice::from_ref(alert), &[], sinks)
-    }
-
-    /// The alerts still to deliver to `sink`, oldest id (UUIDv7: oldest
-    /// alert) first, as they stand now (occurrence counts included).
-    pub fn outbox(&self, sink: &str) -> Result<Vec<Alert>, StoreError> {
-        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
-        let outbox = txn.open_table(OUTBOX).ctx(&self.path, "opening alert_outbox")?;
-        let alerts = txn.open_table(ALERTS).ctx(&self.path, "opening alerts")?;
-        let mut out = Vec::new();
-        for item in outbox.range((sink, "")..).ctx(&self.path, "reading alert_outbox")? {
-            let (k, _) = item.ctx(&self.path, "reading alert_outbox")?;
-            let (s, id) = k.value();
-            if s != sink {
-                break;
-            }
-            if let Some(v) = alerts.get(id).ctx(&self.path, "reading alerts")? {
-                out.push(self.decode("alerts", id, v.value())?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Whether `alert_id` still waits for `sink`.
-    pub fn outbox_contains(&self, sink: &str, alert_id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
-        let outbox = txn.open_table(OUTBOX).ctx(&self.path, "opening alert_outbox")?;
-        Ok(outbox.get((sink, alert_id)).ctx(&self.path, "reading alert_outbox")?.is_some())
-    }
-
-    /// Marks `alert_id` delivered to `sink`.
-    pub fn outbox_remove(&self, sink: &str, alert_id: &str) -> Result<(), StoreError> {
-        let p = &self.path;
-        // Lost in a crash, a delivery is repeated: at least once, by id.
-        let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
-        self.relax(&mut txn)?;
-        {
-            let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
-            outbox.remove((sink, alert_id)).ctx(p, "removing from alert_outbox")?;
-        }
-        txn.commit().ctx(p, "committing a delivery")?;
-        Ok(())
-    }
-
-    /// Alerts, oldest first.
-    pub fn alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
-        let order = txn.open_table(ALERT_ORDER).ctx(&self.path, "opening alerts")?;
-        let alerts = txn.open_table(ALERTS).ctx(&self.path, "opening alerts")?;
-        let mut out = Vec::new();
-        for item in order.iter().ctx(&self.path, "reading alerts")? {
-            let (k, _) = item.ctx(&self.path, "reading alerts")?;
-            let (_, id) = k.value();
-            if let Some(v) = alerts.get(id).ctx(&self.path, "reading alerts")? {
-                out.push(self.decode("alerts", id, v.value())?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The operator's rule overrides: rule id -> enabled.
-    pub fn rule_overrides(&self) -> Result<std::collections::HashMap<String, bool>, StoreError> {
-        let txn = self.db.begin_read().ctx(&self.path, "starting a read")?;
-        let table = txn.open_table(RULES_STATE).ctx(&self.path, "opening rules_state")?;
-        let mut out = std::collections::HashMap::new();
-        for item in table.iter().ctx(&self.path, "reading rules_state")? {
-            let (k, v) = item.ctx(&self.path, "reading rules_state")?;
-            out.insert(k.value().to_owned(), v.value());
-        }
-        Ok(out)
-    }
-
-    /// Records (or with `None` forgets) the operator's choice for a rule.
-    pub fn set_rule_override(&self, rule_id: &str, enabled: Option<bool>) -> Result<(), StoreError> {
-        let p = &self.path;
-        let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
-        {
-            let mut table = txn.open_table(RULES_STATE).ctx(p, "opening rules_state")?;
-            match enabled {
-                Some(e) => table.insert(rule_id, e).map(|_| ()).ctx(p, "writing rules_state")?,
-                None => table.remove(rule_id).map(|_| ()).ctx(p, "writing rules_state")?,
-            }
-        }
-        txn.commit().ctx(p, "committing rules_state")?;
-        Ok(())
-    }
-
     fn decode<M: Message + Default>(&self, table: &'static str, key: &str, bytes: &[u8]) -> Result<M, StoreError> {
-        M::decode(bytes).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
-            table,
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })
+        decode_at(&self.path, table, key, bytes)
     }
 }
 
@@ -576,53 +455,5 @@ mod tests {
         assert_eq!(removed, vec!["a".to_string()]);
         assert_eq!(store.load_processes().unwrap().len(), 1);
         assert_eq!(store.events(0).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
-    }
-
-    #[test]
-    fn outbox_entries_are_per_sink_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let sinks = vec!["a".to_string(), "b".to_string()];
-        {
-            let store = Store::open(&path).unwrap();
-            for id in ["01", "02"] {
-                store.put_alert_for_delivery(&Alert { id: id.into(), ..Default::default() }, &sinks).unwrap();
-            }
-            store.outbox_remove("a", "01").unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        let ids = |s: &str| store.outbox(s).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
-        assert_eq!(ids("a"), vec!["02"]);
-        assert_eq!(ids("b"), vec!["01", "02"]);
-        assert!(ids("c").is_empty());
-        assert!(store.outbox_contains("b", "01").unwrap());
-        assert!(!store.outbox_contains("a", "01").unwrap());
-    }
-
-    #[test]
-    fn rule_overrides_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        {
-            let store = Store::open(&path).unwrap();
-            store.set_rule_override("a", Some(false)).unwrap();
-            store.set_rule_override("b", Some(true)).unwrap();
-            store.set_rule_override("b", None).unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        let o = store.rule_overrides().unwrap();
-        assert_eq!(o.get("a"), Some(&false));
-        assert_eq!(o.len(), 1);
-    }
-
-    #[test]
-    fn alerts_round_trip_in_time_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        for (id, t) in [("x", 5), ("y", 1)] {
-            store.put_alert(&Alert { id: id.into(), alert_time_ms: t, ..Default::default() }).unwrap();
-        }
-        let ids: Vec<_> = store.alerts().unwrap().into_iter().map(|a| a.id).collect();
-        assert_eq!(ids, vec!["y", "x"]);
     }
 }
