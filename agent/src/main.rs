@@ -122,7 +122,7 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     let shared = Arc::new(Shared {
         store,
         table: RwLock::new(table),
-        rules: RwLock::new(rules),
+        rules: RwLock::new((Arc::clone(&rules), Arc::new(rules.streaming_index()))),
         windows: Mutex::new(windows),
         rules_source: RulesSource::new(config.rules.dir.clone()),
         alerts: Mutex::new(alerts),

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use daemoneye_eventbus::Subscription;
 use daemoneye_lib::detection::schema::event_row;
-use daemoneye_lib::detection::{Limits, Params, RuleSet, Value};
+use daemoneye_lib::detection::{Limits, Params, RuleIndex, RuleSet, Value};
 use daemoneye_lib::ledger::{LedgerReader, RecordKind};
 use daemoneye_lib::models::event_type_name;
 use daemoneye_lib::models::time::now_ms;
@@ -59,8 +59,9 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The in-memory process view.
     pub table: RwLock<ProcessTable>,
-    /// The loaded rules (replaced whole on reload, with [`Shared::set_rules`]).
-    pub rules: RwLock<Arc<RuleSet>>,
+    /// The loaded rules and their streaming index (replaced whole on
+    /// reload, with [`Shared::set_rules`]).
+    pub rules: RwLock<(Arc<RuleSet>, Arc<RuleIndex>)>,
     /// The table rules' recent events (see [`crate::event_window`]); follows
     /// `rules`.
     pub windows: Mutex<EventWindows>,
@@ -91,7 +92,13 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// The current rules.
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.read().map(|g| Arc::clone(&g)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+        self.indexed_rules().0
+    }
+
+    /// The current rules with the index of their streaming rules' needs.
+    pub fn indexed_rules(&self) -> (Arc<RuleSet>, Arc<RuleIndex>) {
+        let g = self.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (Arc::clone(&g.0), Arc::clone(&g.1))
     }
 
     /// Replaces the running rule set, and the table rules' event windows
@@ -100,7 +107,8 @@ impl Shared {
         // Windows first: the pipeline feeds them under this lock, and a
         // rule that is not in them yet reads the store.
         self.windows().rebuild(&set, now_ms());
-        *self.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+        let index = Arc::new(set.streaming_index());
+        *self.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) = (set, index);
     }
 
     /// The event windows, locked.
@@ -299,7 +307,7 @@ fn evaluate_streaming(
     batch: &[Incoming],
     states: &[Option<daemoneye_lib::proto::ProcessState>],
 ) -> Vec<OwnedMatch> {
-    let rules = shared.rules();
+    let (rules, index) = shared.indexed_rules();
     let mut matches = Vec::new();
     // Table rules with an event window get each event's row too.
     let feed_windows = !shared.windows().is_empty();
@@ -310,6 +318,7 @@ fn evaluate_streaming(
     let params = Params::default();
     let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tables = QueryTables::processes_only(&table);
+    let mut candidates = Vec::new();
     for (i, inc) in batch.iter().enumerate() {
         let state = states.get(i).and_then(Option::as_ref);
         if state.is_none() && inc.event.event_type() != EventType::Gap {
@@ -323,7 +332,18 @@ fn evaluate_streaming(
             if !lr.rule.enabled || !lr.query.is_streaming() || !lr.query.may_match_event_type(kind) {
                 continue;
             }
-            let row = row.get_or_insert_with(|| event_row(&inc.event, state));
+            let row = match &mut row {
+                Some(row) => row,
+                None => {
+                    // One pass over the row picks the rules it can match.
+                    let built = row.insert(event_row(&inc.event, state));
+                    index.candidates(built, &mut candidates);
+                    built
+                }
+            };
+            if !candidates.get(r).copied().unwrap_or(true) {
+                continue;
+            }
             match lr.query.evaluate_event(row, &tables, &params, &shared.limits) {
                 Ok(rs) => {
                     for out in rs.rows {

@@ -147,6 +147,29 @@ fn back_chars(t: &str, end: usize, n: usize) -> Option<usize> {
 }
 
 impl Pattern {
+    /// The longest literal run every match contains (lowercased ASCII for
+    /// LIKE, see [`Pattern::folds_case`]); `None` when it has none.
+    pub(crate) fn longest_literal(&self) -> Option<&[u8]> {
+        self.segs
+            .iter()
+            .flat_map(|s| s.items.iter())
+            .filter_map(|i| match i {
+                Item::Lit(l) => Some(&**l),
+                _ => None,
+            })
+            .max_by_key(|l| l.len())
+    }
+
+    /// LIKE (ASCII case folded) rather than GLOB.
+    pub(crate) fn folds_case(&self) -> bool {
+        self.fold
+    }
+
+    /// The pattern matches no text at all.
+    pub(crate) fn matches_nothing(&self) -> bool {
+        self.never
+    }
+
     /// `LIKE pattern [ESCAPE esc]`: `%` any sequence, `_` one character,
     /// ASCII letters match regardless of case. `None` when the pattern is
     /// too long.

@@ -124,6 +124,11 @@ impl Query {
         EventInterest::of(&self.plan)
     }
 
+    /// The compiled plan.
+    pub(crate) fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// Number of positional parameters (`?`, `?N`).
     pub fn param_count(&self) -> usize {
         self.plan.positional
@@ -203,6 +208,11 @@ impl Query {
 /// The event types a streaming plan's top-level conjuncts allow (see
 /// [`Query::may_match_event_type`]); `None` when they do not say.
 fn event_types_of(plan: &Plan) -> Option<Arc<[Box<str>]>> {
+    // An aggregate or LIMIT answers (or not) whatever the event: only a
+    // plan whose event conditions alone reject an event says anything.
+    if !plan.prefilter {
+        return None;
+    }
     let first = plan.root.sources.first()?;
     if !matches!(first.kind, SourceKind::Table(Table::ProcessEvents)) {
         return None;

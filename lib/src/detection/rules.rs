@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Query, SqlError};
+use super::{Query, RuleIndex, SqlError};
 use crate::proto::Severity;
 
 /// One detection rule as written in its file.
@@ -77,6 +77,14 @@ pub struct RuleSet {
     pub rules: Vec<LoadedRule>,
     /// Files and rules that did not.
     pub errors: Vec<RuleError>,
+}
+
+impl RuleSet {
+    /// The index of the streaming rules' needs (see [`RuleIndex`]), in rule
+    /// order. Built anew on each call: keep it with the set it came from.
+    pub fn streaming_index(&self) -> RuleIndex {
+        RuleIndex::new(self.rules.iter().map(|lr| lr.query.is_streaming().then_some(&lr.query)))
+    }
 }
 
 /// Why a rule file or rule was not loaded.

@@ -9,8 +9,9 @@ use super::dedupe::Deduper;
 use super::table::ReplayTable;
 use super::{ReplayError, ReplayOptions, ReplayOutcome, RuleFailure, StateAt};
 use crate::detection::schema::event_row;
-use crate::detection::{Params, RuleSet};
+use crate::detection::{Params, RuleIndex, RuleSet};
 use crate::ledger::{LedgerError, LedgerReader, LedgerRecord, RecordKind};
+use crate::models::event_type_name;
 use crate::models::time::ns_to_ms;
 use crate::proto::{Alert, EventType, ProcessEvent};
 
@@ -62,7 +63,13 @@ pub fn replay(
     let warmup_from = since_ns.saturating_sub(duration_ns(longest_window));
     let keep_events = rules.rules.iter().any(|r| r.rule.enabled && !r.query.is_streaming());
     let mut walk = Walk::open(dir, opts)?;
-    let mut run = Run { rules, opts, dedupe: Deduper::new(opts.dedupe_window), out: ReplayOutcome::default() };
+    let mut run = Run {
+        rules,
+        index: rules.streaming_index(),
+        opts,
+        dedupe: Deduper::new(opts.dedupe_window),
+        out: ReplayOutcome::default(),
+    };
     let interval = duration_ns(opts.table_interval);
     let mut next_tick = (interval > 0).then_some(since_ns);
     while let Some(rec) = walk.next_record()? {
@@ -200,6 +207,8 @@ impl<'a> Walk<'a> {
 /// Rule evaluation state.
 struct Run<'a> {
     rules: &'a RuleSet,
+    /// Which streaming rules an event can match (as the agent decides).
+    index: RuleIndex,
     opts: &'a ReplayOptions,
     dedupe: Deduper,
     out: ReplayOutcome,
@@ -215,8 +224,15 @@ impl Run<'_> {
         let tables = table.processes_only();
         // `now_ms()` is the replayed time, as it was when the event happened.
         let params = Params { now_ms: Some(now_ms), ..Params::default() };
-        for lr in &self.rules.rules {
-            if !lr.rule.enabled || !lr.query.is_streaming() {
+        let kind = event_type_name(event.event_type());
+        let mut candidates = Vec::new();
+        self.index.candidates(&row, &mut candidates);
+        for (r, lr) in self.rules.rules.iter().enumerate() {
+            if !lr.rule.enabled
+                || !lr.query.is_streaming()
+                || !lr.query.may_match_event_type(kind)
+                || !candidates.get(r).copied().unwrap_or(true)
+            {
                 continue;
             }
             let rs = match lr.query.evaluate_event(&row, &tables, &params, &self.opts.limits) {

@@ -220,6 +220,27 @@ impl AgentRun {
         Ok(rows.get(0).and_then(|r| r.get("n")).and_then(Json::as_i64).unwrap_or(0))
     }
 
+    /// Waits until the agent's `last_applied_seq` (from `health`) has not
+    /// moved for `settle`: it has applied everything procmond sent.
+    pub(super) fn wait_applied(&self, settle: Duration) -> anyhow::Result<()> {
+        let applied = || -> anyhow::Result<u64> {
+            let h = self.cli(&["health", "--format", "json"])?;
+            Ok(h.get("last_applied_seq").and_then(Json::as_u64).unwrap_or(0))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = applied()?;
+        let mut since = Instant::now();
+        while since.elapsed() < settle && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = applied()?;
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until `count(sql)` reaches `want` or stops changing for
     /// `settle`; returns the last count.
     pub(super) fn wait_count(&self, sql: &str, want: i64, settle: Duration) -> anyhow::Result<i64> {

@@ -6,3 +6,4 @@ mod engine;
 mod grammar;
 mod hostile;
 mod interest;
+mod prefilter;
