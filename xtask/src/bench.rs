@@ -224,7 +224,7 @@ fn storm_row(
     let sensor = sys::storm(exe, &id, rate, count, threads, alert_every(rate))?;
     // CPU up to the moment the agent has applied the whole storm, before
     // the queries below (each reads every stored event) add their own.
-    agent.wait_applied(Duration::from_millis(500))?;
+    agent.wait_applied()?;
     let cpu_after = cpu(ticks)?;
     let want = i64::try_from(sensor.completed).unwrap_or(i64::MAX);
     let like = format!("name = 'dembench' AND argv LIKE '[\"%/dembench\",\"{id}\",%'");

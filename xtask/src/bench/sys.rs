@@ -220,23 +220,25 @@ impl AgentRun {
         Ok(rows.get(0).and_then(|r| r.get("n")).and_then(Json::as_i64).unwrap_or(0))
     }
 
-    /// Waits until the agent's `last_applied_seq` (from `health`) has not
-    /// moved for `settle`: it has applied everything procmond sent.
-    pub(super) fn wait_applied(&self, settle: Duration) -> anyhow::Result<()> {
-        let applied = || -> anyhow::Result<u64> {
+    /// Waits until the agent has applied every event procmond had written
+    /// when this was called: procmond reports its ledger head once a
+    /// second, so the head is read after that has passed, and the agent's
+    /// `last_applied_seq` must reach it. (Waiting for `last_applied_seq` to
+    /// stop moving never ends: each `health` call is an exec the sensor
+    /// sees.)
+    pub(super) fn wait_applied(&self) -> anyhow::Result<()> {
+        let health = |key: &str| -> anyhow::Result<u64> {
             let h = self.cli(&["health", "--format", "json"])?;
-            Ok(h.get("last_applied_seq").and_then(Json::as_u64).unwrap_or(0))
+            Ok(h.get(key).and_then(Json::as_u64).unwrap_or(0))
         };
+        std::thread::sleep(Duration::from_millis(1100));
+        let head = health("ledger_head")?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = applied()?;
-        let mut since = Instant::now();
-        while since.elapsed() < settle && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = applied()?;
-            if now != last {
-                last = now;
-                since = Instant::now();
+        while health("last_applied_seq")? < head {
+            if Instant::now() > deadline {
+                bail!("the agent did not apply up to seq {head} within 60 s");
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     }
