@@ -213,6 +213,19 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     // Rule hot reload.
     tasks.spawn(rules_watch::watch(Arc::clone(&shared), cancel.clone()));
 
+    // Freed memory back to the OS (after the store load and the first
+    // snapshot, then now and then).
+    {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let (first, every) = (std::time::Duration::from_secs(10), std::time::Duration::from_secs(10));
+            tokio::select! {
+                () = daemoneye_lib::daemon::release_freed_memory(first, every) => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+
     // procmond.
     let mut cmd = procmond_command(&config, &args)?;
     cmd.gid = drop_plan.as_ref().map(|p| p.gid());

@@ -178,21 +178,60 @@ async fn process_batch(
     mut pending: PendingBatch,
 ) -> PendingBatch {
     Health::add(&shared.health.events_received, batch.len() as u64);
-    let last = shared.health.last_applied_seq.load(Relaxed);
-    if let Some(first_seq) = batch.iter().map(|i| i.event.seq).filter(|s| *s > last).min()
-        && first_seq > last + 1
-    {
-        Health::add(&shared.health.seq_gaps, 1);
-        tracing::info!(from = last + 1, to = first_seq - 1, "sequence gap on the bus; reading the ledger");
-        pending = catch_up_blocking(shared, writer, Some(first_seq), pending).await;
-    }
     batch.retain(|i| i.event.seq > shared.health.last_applied_seq.load(Relaxed));
     batch.sort_by_key(|i| i.event.seq);
-    let matches = apply(shared, &batch, &mut pending);
-    if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
-        tracing::error!("the store writer is gone; alerts are not stored");
+    let mut rest = batch.as_slice();
+    while !rest.is_empty() {
+        // Apply up to the first event whose predecessor did not arrive;
+        // read what is missing from the ledger; go on from there.
+        let last = shared.health.last_applied_seq.load(Relaxed);
+        let missing_before = first_missed(rest, last);
+        let (now, later) = rest.split_at(missing_before.unwrap_or(rest.len()));
+        let matches = apply(shared, now, &mut pending);
+        if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
+            tracing::error!("the store writer is gone; alerts are not stored");
+        }
+        if let Some(next) = later.first() {
+            let (from, to) = (shared.health.last_applied_seq.load(Relaxed) + 1, next.event.seq - 1);
+            Health::add(&shared.health.seq_gaps, 1);
+            tracing::info!(from, to, "events missing on the bus; reading the ledger");
+            pending = catch_up_blocking(shared, writer, Some(next.event.seq), pending).await;
+            // Catch-up applied up to `next`; the copies it read are skipped.
+            let applied = shared.health.last_applied_seq.load(Relaxed);
+            let skip = later.iter().take_while(|i| i.event.seq <= applied).count();
+            rest = later.get(skip..).unwrap_or_default();
+            if rest.len() == later.len() && first_missed(rest, applied) == Some(0) {
+                // The ledger did not have it either (yet): apply the rest
+                // rather than loop; the next gap check retries.
+                let matches = apply(shared, rest, &mut pending);
+                if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
+                    tracing::error!("the store writer is gone; alerts are not stored");
+                }
+                break;
+            }
+        } else {
+            rest = later;
+        }
     }
     pending
+}
+
+/// The index in `events` (new seqs, in order, after `last` was applied) of
+/// the first event some event before which did not arrive. Each event
+/// names its predecessor (`prev_seq`): seqs between an applied
+/// predecessor and an event are ledger records that are not events
+/// (checkpoints, audit), not a loss. An event that does not name one (the
+/// first after procmond started) must follow `last` directly.
+fn first_missed(events: &[Incoming], mut last: u64) -> Option<usize> {
+    for (i, inc) in events.iter().enumerate() {
+        let e = &inc.event;
+        let follows = if e.prev_seq == 0 { e.seq == last + 1 } else { e.prev_seq <= last };
+        if !follows {
+            return Some(i);
+        }
+        last = e.seq;
+    }
+    None
 }
 
 /// [`catch_up`] on a blocking thread (it reads ledger files).
@@ -421,5 +460,27 @@ pub fn evaluate_table_rules(shared: &Shared) {
     match alerts.raise_all(&found) {
         Ok(raised) => Health::add(&shared.health.alerts_raised, raised.iter().flatten().count() as u64),
         Err(e) => tracing::error!(error = %e, alerts = found.len(), "could not store the table rules' alerts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, prev_seq: u64) -> Incoming {
+        Incoming { event: ProcessEvent { seq, prev_seq, ..Default::default() }, correlation_id: String::new() }
+    }
+
+    #[test]
+    fn only_a_missing_event_is_a_gap() {
+        // Seqs 11 and 12 are a checkpoint and an audit record: no gap.
+        assert_eq!(first_missed(&[ev(11, 10), ev(13, 11)], 10), None);
+        assert_eq!(first_missed(&[ev(14, 13), ev(15, 14)], 10), Some(0), "13 was an event and did not arrive");
+        assert_eq!(first_missed(&[ev(11, 10), ev(15, 13)], 10), Some(1), "a hole inside a batch");
+        // Without a predecessor (first event after procmond started) only
+        // the very next seq follows.
+        assert_eq!(first_missed(&[ev(11, 0)], 10), None);
+        assert_eq!(first_missed(&[ev(14, 0), ev(15, 14)], 10), Some(0));
+        assert_eq!(first_missed(&[], 10), None);
     }
 }

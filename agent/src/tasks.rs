@@ -20,7 +20,7 @@ use bytes::Bytes;
 use daemoneye_eventbus::{CorrelationMetadata, LocalClient, Subscription};
 use daemoneye_lib::proto::{
     BackpressurePolicy, CONTENT_TYPE_DETECTION_TASK, DetectionResult, DetectionTask, ProcessEvent, ProcessFilter,
-    TOPIC_COLLECTOR_RESULT, TOPIC_COLLECTOR_TASK, TOPIC_PROCESS_LIFECYCLE, TaskType, WatchEvent,
+    TOPIC_COLLECTOR_RESULT, TOPIC_COLLECTOR_TASK, TOPIC_PROCESS_TREE, TaskType, WatchEvent,
 };
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
@@ -138,7 +138,7 @@ impl TaskClient {
         let events = self
             .inner
             .local
-            .subscribe(TOPIC_PROCESS_LIFECYCLE, BackpressurePolicy::Drop, 4096)
+            .subscribe(TOPIC_PROCESS_TREE, BackpressurePolicy::Drop, 4096)
             .await
             .map_err(|source| TaskError::Bus { task_id: monitor_id.clone(), source })?;
         let task = DetectionTask {

@@ -32,6 +32,6 @@ pub mod sysinfo_enum;
 pub use hash::{FileIdentity, HashError, HashOutcome, HashStats, Hasher};
 pub use monitor::TreeMonitor;
 pub use poll::{PollSource, ProcessEnumerator};
-pub use sampler::{ResourceSampler, Thresholds};
+pub use sampler::{ResourceSampler, Thresholds, Usage, UsageReader};
 pub use source::{EventSink, EventSource, SourceError, SourceEvent, SourceFuture};
 pub use sysinfo_enum::SysinfoEnumerator;

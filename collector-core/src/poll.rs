@@ -210,6 +210,7 @@ fn event(kind: EventType, source: proto::EventSource, now: i64, rec: ProcessReco
         source: source as i32,
         process: Some(rec),
         gap: None,
+        prev_seq: 0,
     }
 }
 

@@ -22,7 +22,7 @@ use daemoneye_lib::ledger::{LedgerWriter, RecordKind};
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{
     CONTENT_TYPE_COLLECTOR_STATUS, CONTENT_TYPE_PROCESS_EVENT, CollectorStatus, Correlation, EventType, ProcessEvent,
-    ProcessRecord, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE,
+    ProcessRecord, TOPIC_COLLECTOR_STATUS, TOPIC_PROCESS_LIFECYCLE, TOPIC_PROCESS_TREE,
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -126,6 +126,10 @@ pub async fn run(
     drop(tx);
     let publisher = tokio::spawn(publish_loop(pub_rx, config.clone(), Arc::clone(&stats), cancel.clone()));
 
+    // The seq of the last event appended: each event names it (`prev_seq`)
+    // so the agent tells a missed event from a checkpoint or audit record
+    // between two events. Unknown (0) until this run's first event.
+    let mut last_event_seq = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<(), RuntimeError> = loop {
@@ -170,20 +174,24 @@ pub async fn run(
         // Most commits only write to the page cache: done in place, which
         // spares two thread hand-offs per batch; a commit that syncs or
         // checkpoints goes to a blocking thread.
+        let prev = last_event_seq;
         let r = if ledger.commit_may_block() {
             let (l, r) = blocking(move || {
                 let mut l = ledger;
-                let r = append_batch(&mut l, batch);
+                let r = append_batch(&mut l, batch, prev);
                 (l, r)
             })
             .await?;
             ledger = l;
             r
         } else {
-            append_batch(&mut ledger, batch)
+            append_batch(&mut ledger, batch, prev)
         };
         let committed = match r {
-            Ok(c) => c,
+            Ok((c, last)) => {
+                last_event_seq = last;
+                c
+            }
             Err(e) => break Err(e.into()),
         };
         stats.committed.fetch_add(committed.len() as u64, Relaxed);
@@ -230,22 +238,29 @@ struct Committed {
     payload: Bytes,
 }
 
+/// Appends `batch` and commits; each event carries its seq and the seq of
+/// the event before it (`prev_seq`, see `events.proto`), starting from
+/// `prev` (0: unknown). Returns the committed events and the last event's
+/// seq.
 fn append_batch(
     ledger: &mut LedgerWriter,
     batch: Vec<SourceEvent>,
-) -> Result<Vec<Committed>, daemoneye_lib::ledger::LedgerError> {
+    mut prev: u64,
+) -> Result<(Vec<Committed>, u64), daemoneye_lib::ledger::LedgerError> {
     let mut out = Vec::with_capacity(batch.len());
     for SourceEvent { mut event, .. } in batch {
         let kind = if event.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
         let time_ns = event.event_time_ns;
-        let (_, payload) = ledger.append_with(kind, time_ns, |seq| {
+        let (seq, payload) = ledger.append_with(kind, time_ns, |seq| {
             event.seq = seq;
+            event.prev_seq = prev;
             Bytes::from(event.encode_to_vec())
         })?;
+        prev = seq;
         out.push(Committed { event, payload });
     }
     ledger.commit()?;
-    Ok(out)
+    Ok((out, prev))
 }
 
 /// Sets the executable hash of the event when the cache knows the running
@@ -280,12 +295,37 @@ fn hash_from_cache(hasher: &Hasher, se: &mut SourceEvent) {
     }
 }
 
-fn queue_hash(hash_tx: &std::sync::mpsc::SyncSender<HashJob>, ev: &ProcessEvent, stats: &RuntimeStats) {
+fn queue_hash(hash_tx: &HashQueue, ev: &ProcessEvent, stats: &RuntimeStats) {
     let Some(rec) = &ev.process else { return };
     let Some(path) = &rec.executable_path else { return };
     let job = HashJob { pid: rec.pid, process_key: rec.process_key.clone(), path: path.clone() };
-    if hash_tx.try_send(job).is_err() {
+    if !hash_tx.push(job) {
         stats.hash_dropped.fetch_add(1, Relaxed);
+    }
+}
+
+/// The hash jobs waiting for a worker: at most [`HASH_QUEUE`], in an
+/// unbounded channel that allocates as it fills (a bounded one allocates
+/// its whole capacity up front: 4 MiB resident for a queue that is empty
+/// but at start-up).
+#[derive(Clone)]
+struct HashQueue {
+    tx: std::sync::mpsc::Sender<HashJob>,
+    queued: Arc<AtomicU64>,
+}
+
+impl HashQueue {
+    /// Queues `job`; false (dropped) when the queue is full or closed.
+    fn push(&self, job: HashJob) -> bool {
+        if self.queued.fetch_add(1, Relaxed) >= HASH_QUEUE as u64 {
+            self.queued.fetch_sub(1, Relaxed);
+            return false;
+        }
+        if self.tx.send(job).is_err() {
+            self.queued.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
     }
 }
 
@@ -294,19 +334,17 @@ const HASH_QUEUE: usize = 65_536;
 
 /// Hash workers: each takes a job, hashes the running image, and sends the
 /// result back into the event stream as an `update` event.
-fn spawn_hash_workers(
-    n: usize,
-    hasher: Arc<Hasher>,
-    events: mpsc::Sender<SourceEvent>,
-) -> std::sync::mpsc::SyncSender<HashJob> {
+fn spawn_hash_workers(n: usize, hasher: Arc<Hasher>, events: mpsc::Sender<SourceEvent>) -> HashQueue {
     // Room for a whole start-up snapshot (every process queues a job at
     // once); beyond it jobs are dropped and counted in `hash_dropped`.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
+    let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+    let queue = HashQueue { tx, queued: Arc::new(AtomicU64::new(0)) };
     let rx = Arc::new(std::sync::Mutex::new(rx));
     for i in 0..n {
         let rx = Arc::clone(&rx);
         let hasher = Arc::clone(&hasher);
         let events = events.clone();
+        let queued = Arc::clone(&queue.queued);
         let spawned = std::thread::Builder::new().name(format!("hash-{i}")).spawn(move || {
             loop {
                 let job = match rx.lock() {
@@ -314,6 +352,7 @@ fn spawn_hash_workers(
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
+                queued.fetch_sub(1, Relaxed);
                 let update = hash_update(&hasher, &job);
                 if events.blocking_send(update.into()).is_err() {
                     return;
@@ -324,7 +363,7 @@ fn spawn_hash_workers(
             tracing::error!(error = %e, "cannot start a hash worker thread; executables will not be hashed");
         }
     }
-    tx
+    queue
 }
 
 fn hash_update(hasher: &Hasher, job: &HashJob) -> ProcessEvent {
@@ -368,6 +407,7 @@ fn hash_update(hasher: &Hasher, job: &HashJob) -> ProcessEvent {
         source: 0,
         process: Some(rec),
         gap: None,
+        prev_seq: 0,
     }
 }
 
@@ -421,8 +461,15 @@ async fn publish_loop(
                 c = rx.recv() => {
                     let Some(Committed { event: ev, payload }) = c else { return };
                     let id = format!("procmond:{}", ev.seq);
-                    let corr = config.monitor.tag(&ev, &id)
-                        .unwrap_or_else(|| Correlation { correlation_id: id, ..Default::default() });
+                    let tagged = config.monitor.tag(&ev, &id);
+                    if let Some(corr) = &tagged {
+                        // Monitored subtree: also on its own topic, for the watchers.
+                        let r = client.publish(TOPIC_PROCESS_TREE, payload.clone(), CONTENT_TYPE_PROCESS_EVENT, corr.clone()).await;
+                        if let Err(e) = r {
+                            tracing::debug!(seq = ev.seq, error = %e, "tree event not published");
+                        }
+                    }
+                    let corr = tagged.unwrap_or_else(|| Correlation { correlation_id: id, ..Default::default() });
                     match client.publish(TOPIC_PROCESS_LIFECYCLE, payload, CONTENT_TYPE_PROCESS_EVENT, corr).await {
                         Ok(()) => { stats.published.fetch_add(1, Relaxed); }
                         Err(e) => {

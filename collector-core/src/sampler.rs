@@ -1,33 +1,54 @@
 //! Periodic resource sampling: CPU and memory of live processes as `update`
 //! events.
 //!
-//! [`ResourceSampler`] refreshes CPU and memory with `sysinfo` every interval
-//! (default 10 s; zero turns it off) and emits an `update` carrying only the
-//! identity, `cpu_usage` (percent of one core) and `memory_usage` (resident
+//! [`ResourceSampler`] reads every live process's CPU time and resident
+//! memory from a [`UsageReader`] every interval (default 10 s; zero turns it
+//! off) and emits an `update` carrying only the identity, `cpu_usage`
+//! (percent of one core over the interval) and `memory_usage` (resident
 //! bytes) — and only when a value moved noticeably since the last report for
 //! that process, so an idle machine produces almost nothing.
 //!
-//! Processes are keyed by the caller's *keyer* (`pid -> process key`), so the
-//! updates land on the rows the primary source created (e.g. keys from
-//! `/proc` or eBPF, which sysinfo's own coarse start times would not match).
-//! The very first refresh is only a CPU baseline (sysinfo needs two samples
-//! to compute a rate) and emits nothing. A pid reused between the refresh and
-//! the keyer call would get the new process's key; at a 10 s cadence this is
-//! accepted.
+//! The reader keys each process itself (on Linux from the same
+//! `/proc/<pid>/stat` read that gives its CPU time and memory, see
+//! `daemoneye_platform_linux::procfs::UsageFromProc`), so the updates land
+//! on the rows the primary source created and a reused pid is a new
+//! process. A process's first reading is its CPU baseline: it is reported
+//! from the second round it is seen in. (This used `sysinfo`, whose table of
+//! every process cost procmond 15 MB with 10,000 processes, on top of a
+//! second read of each process's `stat` for its key.)
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{self, EventType, ProcessEvent, ProcessRecord};
-use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, ThreadKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::source::{EventSink, EventSource, SourceError, SourceFuture};
 
-/// Maps a pid to the process key of the process that has it now.
-pub type Keyer = Arc<dyn Fn(u32) -> Option<String> + Send + Sync>;
+/// One live process's resource use, as a [`UsageReader`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time, in the reader's unit: with the pid, the process's
+    /// identity (a reused pid is a new process).
+    pub start: u64,
+    /// CPU time used so far (user + system), in nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Resident memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Reads the resource use of every live process (blocking: called on a
+/// blocking thread).
+pub trait UsageReader: Send + 'static {
+    /// Every live process now.
+    fn read(&mut self) -> Vec<Usage>;
+    /// The process key of a process read by [`UsageReader::read`] (called
+    /// only for the few that are reported).
+    fn key(&self, usage: &Usage) -> String;
+}
 
 /// When a change is "noticeable".
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,7 +70,7 @@ impl Default for Thresholds {
 /// Samples CPU and memory of live processes; runs as an [`EventSource`].
 pub struct ResourceSampler {
     interval: Duration,
-    keyer: Keyer,
+    reader: Box<dyn UsageReader>,
     thresholds: Thresholds,
 }
 
@@ -66,10 +87,9 @@ impl ResourceSampler {
     /// The default sampling interval.
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
-    /// A sampler every `interval` (zero: disabled) keying processes with
-    /// `keyer`.
-    pub fn new(interval: Duration, keyer: impl Fn(u32) -> Option<String> + Send + Sync + 'static) -> Self {
-        Self { interval, keyer: Arc::new(keyer), thresholds: Thresholds::default() }
+    /// A sampler every `interval` (zero: disabled) reading with `reader`.
+    pub fn new(interval: Duration, reader: impl UsageReader) -> Self {
+        Self { interval, reader: Box::new(reader), thresholds: Thresholds::default() }
     }
 
     /// Overrides what counts as a noticeable change.
@@ -89,9 +109,7 @@ impl ResourceSampler {
             tracing::info!("resource sampler disabled (interval 0)");
             return Ok(());
         }
-        let system = System::new()
-            .map_err(|e| SourceError::Unavailable { source_name: "sampler", reason: format!("sysinfo: {e:?}") })?;
-        let mut state = Some(SamplerState { system, last: HashMap::new(), baseline_done: false });
+        let mut state = Some(SamplerState { reader: self.reader, cpu: HashMap::new(), at: None, last: HashMap::new() });
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -103,11 +121,10 @@ impl ResourceSampler {
             let Some(mut st) = state.take() else {
                 return Err(SourceError::Task("sampler state lost".into()));
             };
-            let keyer = Arc::clone(&self.keyer);
             let thresholds = self.thresholds;
             let (st, events) = tokio::task::spawn_blocking(move || {
                 let samples = st.refresh();
-                let events = st.diff(samples, &*keyer, thresholds, now_ns());
+                let events = diff_samples(&mut st.last, samples, &*st.reader, thresholds, now_ns());
                 (st, events)
             })
             .await
@@ -140,42 +157,43 @@ impl EventSource for ResourceSampler {
 /// One process's values in one round.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Sample {
-    pub(crate) pid: u32,
+    pub(crate) usage: Usage,
     pub(crate) cpu: f64,
-    pub(crate) memory: u64,
 }
 
+/// A process's identity: (pid, start). Numbers, not key strings: the
+/// sampler's maps hold every live process, and no string is made for one
+/// that is not reported.
+type Identity = (u32, u64);
+
 struct SamplerState {
-    system: System,
-    /// Last reported (cpu, memory) by process key.
-    last: HashMap<String, (f64, u64)>,
-    baseline_done: bool,
+    reader: Box<dyn UsageReader>,
+    /// CPU time at the last round.
+    cpu: HashMap<Identity, u64>,
+    /// When the last round was read.
+    at: Option<Instant>,
+    /// Last reported (cpu, memory).
+    last: HashMap<Identity, (f64, u64)>,
 }
 
 impl SamplerState {
-    /// Refreshes and returns this round's samples (empty for the baseline).
+    /// Reads a round and returns the samples of the processes that were
+    /// also in the last one (the others' CPU time is only a baseline).
     fn refresh(&mut self) -> Vec<Sample> {
-        let kind = ProcessRefreshKind::nothing().without_tasks().with_cpu().with_memory();
-        self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
-        if !std::mem::replace(&mut self.baseline_done, true) {
-            return Vec::new();
+        let usage = self.reader.read();
+        let now = Instant::now();
+        let elapsed = self.at.replace(now).map(|t| now.duration_since(t).as_nanos() as f64);
+        let mut cpu = HashMap::with_capacity(usage.len());
+        let mut samples = Vec::new();
+        for u in usage {
+            if let (Some(dt), Some(before)) = (elapsed.filter(|d| *d > 0.0), self.cpu.get(&(u.pid, u.start))) {
+                let used = u.cpu_time_ns.saturating_sub(*before) as f64;
+                samples.push(Sample { usage: u, cpu: used / dt * 100.0 });
+            }
+            cpu.insert((u.pid, u.start), u.cpu_time_ns);
         }
-        self.system
-            .processes()
-            .values()
-            .filter(|p| p.thread_kind() != Some(ThreadKind::Userland))
-            .map(|p| Sample { pid: p.pid().as_u32(), cpu: f64::from(p.cpu_usage()), memory: p.memory() })
-            .collect()
-    }
-
-    fn diff(
-        &mut self,
-        samples: Vec<Sample>,
-        keyer: &(dyn Fn(u32) -> Option<String> + Send + Sync),
-        t: Thresholds,
-        now: i64,
-    ) -> Vec<ProcessEvent> {
-        diff_samples(&mut self.last, samples, keyer, t, now)
+        self.cpu = cpu;
+        samples
     }
 }
 
@@ -183,9 +201,9 @@ impl SamplerState {
 /// values moved noticeably (or that were never reported), and forgets
 /// processes that are gone.
 pub(crate) fn diff_samples(
-    last: &mut HashMap<String, (f64, u64)>,
+    last: &mut HashMap<Identity, (f64, u64)>,
     samples: Vec<Sample>,
-    keyer: &(dyn Fn(u32) -> Option<String> + Send + Sync),
+    reader: &dyn UsageReader,
     t: Thresholds,
     now: i64,
 ) -> Vec<ProcessEvent> {
@@ -195,11 +213,12 @@ pub(crate) fn diff_samples(
     let mut seen = HashMap::with_capacity(samples.len());
     let mut events = Vec::new();
     for s in samples {
-        let Some(key) = keyer(s.pid) else { continue };
-        let report = match last.get(&key) {
+        let id = (s.usage.pid, s.usage.start);
+        let memory = s.usage.memory_bytes;
+        let report = match last.get(&id) {
             None => true,
             Some(&(cpu, mem)) => {
-                let mem_delta = s.memory.abs_diff(mem);
+                let mem_delta = memory.abs_diff(mem);
                 let mem_min = t.memory_bytes.max((mem as f64 * t.memory_ratio) as u64);
                 (s.cpu - cpu).abs() >= t.cpu_points || mem_delta >= mem_min
             }
@@ -211,19 +230,20 @@ pub(crate) fn diff_samples(
                 event_time_ns: now,
                 source: proto::EventSource::Poll as i32,
                 process: Some(ProcessRecord {
-                    pid: s.pid,
-                    process_key: key.clone(),
+                    pid: s.usage.pid,
+                    process_key: reader.key(&s.usage),
                     cpu_usage: Some(s.cpu),
-                    memory_usage: Some(s.memory),
+                    memory_usage: Some(memory),
                     ..ProcessRecord::default()
                 }),
                 gap: None,
+                prev_seq: 0,
             });
-            (s.cpu, s.memory)
+            (s.cpu, memory)
         } else {
-            last.get(&key).copied().unwrap_or((s.cpu, s.memory))
+            last.get(&id).copied().unwrap_or((s.cpu, memory))
         };
-        seen.insert(key, reported);
+        seen.insert(id, reported);
     }
     *last = seen;
     events

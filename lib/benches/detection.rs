@@ -73,6 +73,7 @@ fn benign_event() -> Vec<Value> {
         source: 1,
         process: Some(rec.clone()),
         gap: None,
+        prev_seq: 0,
     };
     event_row(&ev, Some(&state(rec)))
 }

@@ -16,7 +16,8 @@
 //! - [`replay`] (feature `detection`): offline forensics over a ledger copy:
 //!   the table as of a time, and rules re-run over a range as if live.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
-//! - `daemon` (feature `daemon`): the stop signal both daemons wait for.
+//! - `daemon` (feature `daemon`): the stop signal both daemons wait for, and
+//!   the task that returns freed memory to the OS.
 
 #[cfg(feature = "detection")]
 pub mod alerting;

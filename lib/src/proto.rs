@@ -9,6 +9,12 @@ include!(concat!(env!("OUT_DIR"), "/daemoneye.v1.rs"));
 
 /// The bus topic of process lifecycle deltas.
 pub const TOPIC_PROCESS_LIFECYCLE: &str = "events.process.lifecycle";
+/// The bus topic of the events of processes under a tree monitor
+/// (`MONITOR_PROCESS_TREE`), tagged with the monitor's correlation; they are
+/// on [`TOPIC_PROCESS_LIFECYCLE`] too. A watcher subscribes here, so a burst
+/// of unrelated events (a snapshot, a sampling round) cannot push the
+/// subtree's events out of its queue.
+pub const TOPIC_PROCESS_TREE: &str = "events.process.tree";
 /// Content type of a `ProcessEvent` payload on the bus.
 pub const CONTENT_TYPE_PROCESS_EVENT: &str = "daemoneye.v1.ProcessEvent";
 /// The bus topic on which the agent sends detection tasks to procmond.

@@ -47,7 +47,13 @@ struct Args {
     sandbox_self_test: bool,
 }
 
+/// When freed memory first goes back to the OS (the start-up snapshot and
+/// the eBPF load are done by then), and how often after that.
+const RELEASE_FIRST_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> anyhow::Result<ExitCode> {
+    daemoneye_lib::daemon::limit_allocator_arenas();
     let args = Args::parse();
     let mut opts = args.daemon.load_options();
     if let Some(d) = &args.run_dir {
@@ -131,6 +137,13 @@ async fn run(config: Config, ledger: LedgerWriter, chosen: backend::Chosen, stdi
     tokio::spawn(async move {
         daemoneye_lib::daemon::shutdown_signal().await;
         sig_cancel.cancel();
+    });
+    let trim_cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = daemoneye_lib::daemon::release_freed_memory(RELEASE_FIRST_AFTER, RELEASE_EVERY) => {}
+            () = trim_cancel.cancelled() => {}
+        }
     });
     if stdin_control {
         watch_stdin(cancel.clone());

@@ -211,8 +211,8 @@ pub(crate) fn sampler(config: &Config) -> Option<Box<dyn EventSource>> {
                 return None;
             }
         };
-        let keyer = move |pid: u32| reader.key_of(pid).ok().map(|k| k.to_string());
-        Some(Box::new(collector_core::ResourceSampler::new(every, keyer)))
+        let usage = daemoneye_platform_linux::procfs::UsageFromProc::new(reader);
+        Some(Box::new(collector_core::ResourceSampler::new(every, usage)))
     }
     #[cfg(not(target_os = "linux"))]
     {

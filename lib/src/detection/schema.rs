@@ -290,6 +290,7 @@ mod tests {
             source: 1,
             process: Some(rec),
             gap: None,
+            prev_seq: 0,
         };
         let row = event_row(&ev, Some(&st));
         assert_eq!(row.len(), Table::ProcessEvents.columns().len());

@@ -119,6 +119,7 @@ mod tests {
             source: EventSource::Poll as i32,
             process: Some(rec),
             gap: None,
+            prev_seq: 0,
         }
     }
 

@@ -30,6 +30,7 @@ fn ev(t: EventType, key: &str, pid: u32, parent: Option<&str>, name: &str) -> Pr
             ..Default::default()
         }),
         gap: None,
+        prev_seq: 0,
     }
 }
 

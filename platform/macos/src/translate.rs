@@ -283,6 +283,7 @@ fn event(t: EventType, time_ns: i64, record: ProcessRecord) -> ProcessEvent {
         source: proto::EventSource::EndpointSecurity as i32,
         process: Some(record),
         gap: None,
+        prev_seq: 0,
     }
 }
 

@@ -275,6 +275,7 @@ fn event(t: EventType, time_ns: i64, record: ProcessRecord) -> ProcessEvent {
         source: proto::EventSource::Etw as i32,
         process: Some(record),
         gap: None,
+        prev_seq: 0,
     }
 }
 

@@ -108,6 +108,7 @@ pub fn decode(ctx: &DecodeContext, rec: &[u8]) -> Result<Decoded, DecodeError> {
             source: EventSource::Ebpf.into(),
             process: Some(process),
             gap: None,
+            prev_seq: 0,
         },
         cgroup_id,
         is_thread,

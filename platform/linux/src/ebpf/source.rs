@@ -37,6 +37,7 @@ async fn run(mut src: EbpfSource, sink: EventSink, cancel: CancellationToken) ->
                 source: proto::EventSource::Procfs.into(),
                 process: Some(process),
                 gap: None,
+                prev_seq: 0,
             };
             if !sink.send_or_cancel(event, &cancel).await? {
                 return Ok(());

@@ -222,6 +222,7 @@ fn pump(
                 source: proto::EventSource::Procfs.into(),
                 process: Some(process),
                 gap: None,
+                prev_seq: 0,
             };
             if tx.blocking_send(event).is_err() {
                 return Ok(());

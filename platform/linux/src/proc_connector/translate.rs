@@ -208,6 +208,7 @@ impl Translator {
             source: EventSource::ProcConnector.into(),
             process: Some(process),
             gap: None,
+            prev_seq: 0,
         }
     }
 }
@@ -244,6 +245,7 @@ pub(crate) fn gap_event(lost: u64, reason: &str) -> ProcessEvent {
         source: EventSource::ProcConnector.into(),
         process: Some(ProcessRecord::default()),
         gap: Some(GapInfo { lost_events: lost, reason: reason.to_owned() }),
+        prev_seq: 0,
     }
 }
 

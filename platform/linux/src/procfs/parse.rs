@@ -20,8 +20,12 @@ pub(crate) struct Stat {
     pub(crate) ppid: u32,
     /// Field 9.
     pub(crate) flags: u64,
+    /// Fields 14 and 15: user and system CPU time in clock ticks.
+    pub(crate) cpu_ticks: u64,
     /// Field 22: start time since boot in clock ticks.
     pub(crate) start_ticks: u64,
+    /// Field 24: resident set size in pages.
+    pub(crate) rss_pages: u64,
 }
 
 impl Stat {
@@ -54,11 +58,14 @@ pub(crate) fn parse_stat(text: &str) -> Result<Stat, String> {
             .parse::<u64>()
             .map_err(|e| format!("bad {what} (field {n}): {e}"))
     };
-    let fields: Vec<&str> = rest.take(19).collect();
+    let fields: Vec<&str> = rest.take(21).collect();
     let ppid = u32::try_from(nth(&fields, 4, "ppid")?).map_err(|e| format!("bad ppid: {e}"))?;
     let flags = nth(&fields, 9, "flags")?;
+    let cpu_ticks = nth(&fields, 14, "utime")?.saturating_add(nth(&fields, 15, "stime")?);
     let start_ticks = nth(&fields, 22, "starttime")?;
-    Ok(Stat { comm, state, ppid, flags, start_ticks })
+    // rss is signed in the kernel's format; a negative value is no memory.
+    let rss_pages = fields.get(24 - 4).and_then(|f| f.parse::<i64>().ok()).map_or(0, |r| u64::try_from(r).unwrap_or(0));
+    Ok(Stat { comm, state, ppid, flags, cpu_ticks, start_ticks, rss_pages })
 }
 
 /// The fields of `/proc/<pid>/status` the reader needs.
