@@ -157,6 +157,7 @@ fn gap(lost: u64, time_ns: i64) -> ProcessEvent {
         source: proto::EventSource::EndpointSecurity as i32,
         process: Some(ProcessRecord::default()),
         gap: Some(GapInfo { lost_events: lost, reason: "es_queue_full".into() }),
+        prev_seq: 0,
     }
 }
 

@@ -177,6 +177,7 @@ fn gap(lost: u64, time_ns: i64) -> ProcessEvent {
         source: proto::EventSource::Etw as i32,
         process: Some(ProcessRecord::default()),
         gap: Some(GapInfo { lost_events: lost, reason: "etw_queue_full".into() }),
+        prev_seq: 0,
     }
 }
 
