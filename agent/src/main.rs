@@ -52,6 +52,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    daemoneye_lib::daemon::limit_allocator_arenas();
     let args = Args::parse();
     let mut opts = args.daemon.load_options();
     if let Some(d) = &args.rules_dir {

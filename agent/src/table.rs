@@ -23,7 +23,10 @@ struct Entry {
 /// pre-built so that evaluation does not rebuild them per rule.
 #[derive(Default)]
 pub struct ProcessTable {
-    rows: HashMap<String, Entry>,
+    /// Boxed: an entry is ~600 bytes, and a map's spare slots (up to half
+    /// of them after a resize) would hold that much each (4 MB at 10,000
+    /// processes).
+    rows: HashMap<String, Box<Entry>>,
     by_pid: HashMap<u32, Vec<String>>,
     by_parent: HashMap<String, Vec<String>>,
 }
@@ -71,7 +74,7 @@ impl ProcessTable {
             }
         }
         let row = process_row(&state);
-        self.rows.insert(key, Entry { state, row });
+        self.rows.insert(key, Box::new(Entry { state, row }));
     }
 
     /// Removes a row.

@@ -163,6 +163,20 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        // Start-up snapshot: the small images not cached yet are hashed
+        // now, so the snapshot events carry their hashes (see
+        // `Hasher::warm_running_images`). Exec events never wait for this.
+        let unhashed: Vec<u32> = batch
+            .iter()
+            .filter(|se| se.event.event_type() == EventType::Snapshot)
+            .filter_map(|se| se.event.process.as_ref())
+            .filter(|r| r.executable_hash.is_none() && r.executable_path.is_some())
+            .map(|r| r.pid)
+            .collect();
+        if !unhashed.is_empty() {
+            let (h, workers) = (Arc::clone(&hasher), config.hash_workers.max(1));
+            blocking(move || h.warm_running_images(&unhashed, SNAPSHOT_INLINE_HASH_BYTES, workers)).await?;
+        }
         // An executable the cache knows is hashed on the event itself (no
         // system call when the source read the image's inode, else one
         // stat): no hash job and no `update` event.
@@ -331,6 +345,10 @@ impl HashQueue {
 
 /// Hash jobs waiting, at most (~100 bytes each).
 const HASH_QUEUE: usize = 65_536;
+
+/// Snapshot events' images up to this size are hashed before the events
+/// are appended; larger ones follow as `update`s like an exec's.
+const SNAPSHOT_INLINE_HASH_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Hash workers: each takes a job, hashes the running image, and sends the
 /// result back into the event stream as an `update` event.

@@ -22,6 +22,17 @@ fn s(pid: u32, cpu: f64, memory: u64) -> Sample {
     Sample { usage: u(pid, 0, memory), cpu }
 }
 
+/// One round's `update` events, as the sampler sends them.
+fn diff(
+    last: &mut HashMap<Identity, (f64, u64)>,
+    samples: Vec<Sample>,
+    r: &dyn UsageReader,
+    t: Thresholds,
+    now: i64,
+) -> Vec<ProcessEvent> {
+    diff_samples(last, samples, t).iter().map(|s| update_event(r, s, now)).collect()
+}
+
 fn keys(events: &[ProcessEvent]) -> Vec<String> {
     events.iter().map(|e| e.process.as_ref().unwrap().process_key.clone()).collect()
 }
@@ -31,7 +42,7 @@ fn reports_new_and_noticeably_changed_processes_only() {
     let t = Thresholds::default();
     let r = Rounds(Default::default());
     let mut last = HashMap::new();
-    let ev = diff_samples(&mut last, vec![s(1, 0.0, 10 << 20), s(2, 50.0, 100 << 20)], &r, t, 5);
+    let ev = diff(&mut last, vec![s(1, 0.0, 10 << 20), s(2, 50.0, 100 << 20)], &r, t, 5);
     assert_eq!(keys(&ev), vec!["k-1", "k-2"]);
     let p = ev[1].process.as_ref().unwrap();
     assert_eq!((p.cpu_usage, p.memory_usage, p.pid), (Some(50.0), Some(100 << 20), 2));
@@ -39,21 +50,21 @@ fn reports_new_and_noticeably_changed_processes_only() {
     assert_eq!((ev[1].event_type(), ev[1].seq, ev[1].event_time_ns), (EventType::Update, 0, 5));
 
     // Small jitter: quiet. Memory +5% of 100 MiB: quiet. CPU +10 points: report.
-    let ev = diff_samples(&mut last, vec![s(1, 2.0, (10 << 20) + 4096), s(2, 52.0, 105 << 20)], &r, t, 6);
+    let ev = diff(&mut last, vec![s(1, 2.0, (10 << 20) + 4096), s(2, 52.0, 105 << 20)], &r, t, 6);
     assert!(ev.is_empty());
-    let ev = diff_samples(&mut last, vec![s(1, 12.0, 10 << 20), s(2, 52.0, 112 << 20)], &r, t, 7);
+    let ev = diff(&mut last, vec![s(1, 12.0, 10 << 20), s(2, 52.0, 112 << 20)], &r, t, 7);
     assert_eq!(keys(&ev), vec!["k-1", "k-2"]);
     // Slow drift is measured from the last report, so it is reported eventually.
     let mut reported = 0;
     for i in 1..=10u64 {
-        reported += diff_samples(&mut last, vec![s(1, 12.0, (10 << 20) + i * (200 << 10))], &r, t, 8).len();
+        reported += diff(&mut last, vec![s(1, 12.0, (10 << 20) + i * (200 << 10))], &r, t, 8).len();
     }
     assert_eq!(reported, 1);
     // Pid 2 vanished and is forgotten: a new process with that pid is new.
     assert!(!last.contains_key(&(2, 1)));
-    assert_eq!(keys(&diff_samples(&mut last, vec![s(2, 0.0, 1)], &r, t, 9)), vec!["k-2"]);
+    assert_eq!(keys(&diff(&mut last, vec![s(2, 0.0, 1)], &r, t, 9)), vec!["k-2"]);
     // An empty round (the baseline) says nothing and forgets nothing.
-    assert!(diff_samples(&mut last, Vec::new(), &r, t, 10).is_empty());
+    assert!(diff(&mut last, Vec::new(), &r, t, 10).is_empty());
     assert!(last.contains_key(&(2, 1)));
 }
 

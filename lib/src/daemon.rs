@@ -30,9 +30,11 @@ pub async fn shutdown_signal() {
 /// glibc gives threads their own arenas (up to eight per core), and each
 /// keeps its own free memory and fragments: in procmond the snapshot
 /// threads, hash workers and blocking threads left 10 of its 17 MiB of
-/// heap in arenas of threads that had long finished their work. The
-/// daemons' threads rarely allocate at the same time, so two arenas cost no
-/// measurable contention.
+/// heap in arenas of threads that had long finished their work; the agent
+/// held 21 MiB in two worker arenas beside its 37 MiB main heap with 10,000
+/// processes (6-10 MiB less resident with two arenas). The daemons' threads
+/// rarely allocate at the same time and each has its own small-block cache,
+/// so two arenas cost no measurable contention.
 pub fn limit_allocator_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -226,8 +226,14 @@ impl ProcfsReader {
     /// [`ProcfsReader::read_process`] without the parent's key; also
     /// returns the parent's pid.
     fn read_process_only(&self, pid: u32) -> Result<(ProcessRecord, u32), ProcfsError> {
-        let stat = self.stat(pid)?;
-        let status = match self.read_text(pid, "status") {
+        // Every part is read through one open `/proc/<pid>` directory: it
+        // stays bound to the process it was opened for, so a part of a
+        // process that exited (or whose pid was reused) meanwhile fails
+        // instead of coming from another process; and each open walks one
+        // path component instead of three.
+        let dir = self.open_dir(pid)?;
+        let stat = dir.stat()?;
+        let status = match dir.read_text("status") {
             Part::Ok(text) => parse::parse_status(&text),
             Part::Missing => return Err(ProcfsError::Gone(pid)),
             Part::Denied => parse::Status::default(),
@@ -251,7 +257,7 @@ impl ProcfsReader {
         rec.user_name = rec.uid.and_then(|uid| self.user_name(uid));
 
         let mut denied = false;
-        match self.read_link(pid, "exe") {
+        match dir.read_link("exe") {
             Part::Ok(target) => {
                 let (path, exists) = parse::split_deleted(&target);
                 rec.executable_path = Some(path);
@@ -260,7 +266,7 @@ impl ProcfsReader {
             Part::Missing => {}
             Part::Denied => denied = true,
         }
-        match self.read_link(pid, "cwd") {
+        match dir.read_link("cwd") {
             Part::Ok(cwd) => rec.cwd = Some(cwd),
             Part::Missing => {}
             Part::Denied => denied = true,
@@ -268,7 +274,7 @@ impl ProcfsReader {
         rec.accessible = Some(!denied);
 
         if !stat.is_kernel_thread()
-            && let Part::Ok(bytes) = self.read_bytes(pid, "cmdline", MAX_CMDLINE_BYTES)
+            && let Part::Ok(bytes) = dir.read_bytes("cmdline", MAX_CMDLINE_BYTES)
         {
             let truncated = bytes.len() as u64 >= MAX_CMDLINE_BYTES;
             if let Some(args) = parse::parse_cmdline(&bytes) {
@@ -276,21 +282,19 @@ impl ProcfsReader {
                 rec.argv = Some(Argv { args, truncated });
             }
         }
-        if let Part::Ok(text) = self.read_text(pid, "cgroup") {
+        if let Part::Ok(text) = dir.read_text("cgroup") {
             rec.cgroup = parse::parse_cgroup(&text);
             rec.container_id = parse::container_id(&text);
         }
-        if let Part::Ok(text) = self.read_text(pid, "statm") {
-            rec.memory_usage = parse::parse_statm_rss(&text, self.page_size);
+        // `stat`'s rss is `statm`'s resident field: one file fewer per process.
+        rec.memory_usage = stat.rss_pages.checked_mul(self.page_size);
+        // A process reaped while it was read lost its later parts: the
+        // record would be partial, so it is reported as gone (its exit
+        // event follows).
+        if dir.gone() {
+            return Err(ProcfsError::Gone(pid));
         }
-
-        // Everything above may have raced with an exit and a pid reuse: the
-        // record is only good if the same process is still there.
-        match self.stat(pid) {
-            Ok(again) if again.start_ticks == stat.start_ticks => Ok((rec, stat.ppid)),
-            Ok(_) | Err(ProcfsError::Gone(_)) => Err(ProcfsError::Gone(pid)),
-            Err(e) => Err(e),
-        }
+        Ok((rec, stat.ppid))
     }
 
     /// Every readable process, parents before children (by start time).
@@ -358,42 +362,25 @@ impl ProcfsReader {
 
     // ---- helpers ------------------------------------------------------
 
-    fn path(&self, pid: u32, file: &str) -> PathBuf {
-        self.root.join(pid.to_string()).join(file)
-    }
-
     fn stat(&self, pid: u32) -> Result<Stat, ProcfsError> {
-        let path = self.path(pid, "stat");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if is_gone(&e) => return Err(ProcfsError::Gone(pid)),
-            Err(source) => return Err(ProcfsError::Io { path, source }),
-        };
-        parse::parse_stat(&text).map_err(|reason| ProcfsError::Parse { path, reason })
+        self.open_dir(pid)?.stat()
     }
 
-    fn read_text(&self, pid: u32, file: &str) -> Part<String> {
-        match self.read_bytes(pid, file, 1024 * 1024) {
-            Part::Ok(b) => Part::Ok(String::from_utf8_lossy(&b).into_owned()),
-            Part::Missing => Part::Missing,
-            Part::Denied => Part::Denied,
+    /// Opens `/proc/<pid>`.
+    fn open_dir(&self, pid: u32) -> Result<PidDir, ProcfsError> {
+        let path = self.root.join(pid.to_string());
+        let opened = nix::fcntl::open(
+            &path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        match opened {
+            Ok(fd) => Ok(PidDir { pid, path, fd, gone: std::cell::Cell::new(false) }),
+            Err(e) => {
+                let e = io::Error::from(e);
+                if is_gone(&e) { Err(ProcfsError::Gone(pid)) } else { Err(ProcfsError::Io { path, source: e }) }
+            }
         }
-    }
-
-    fn read_bytes(&self, pid: u32, file: &str, limit: u64) -> Part<Vec<u8>> {
-        let path = self.path(pid, file);
-        let result = std::fs::File::open(&path).and_then(|f| {
-            let mut buf = Vec::new();
-            f.take(limit).read_to_end(&mut buf)?;
-            Ok(buf)
-        });
-        classify(pid, &path, result)
-    }
-
-    fn read_link(&self, pid: u32, file: &str) -> Part<String> {
-        let path = self.path(pid, file);
-        let result = std::fs::read_link(&path).map(|t| t.to_string_lossy().into_owned());
-        classify(pid, &path, result)
     }
 
     fn user_name(&self, uid: u32) -> Option<String> {
@@ -416,6 +403,74 @@ impl ProcfsReader {
             cache.loaded_at = Some(Instant::now());
         }
         cache.names.get(&uid).cloned()
+    }
+}
+
+/// An open `/proc/<pid>` directory; its parts are read relative to it.
+struct PidDir {
+    pid: u32,
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+    /// Set when a part was missing because the process is gone.
+    gone: std::cell::Cell<bool>,
+}
+
+impl PidDir {
+    fn stat(&self) -> Result<Stat, ProcfsError> {
+        let text = match self.read_bytes("stat", 64 * 1024) {
+            Part::Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Part::Missing if self.gone.get() => return Err(ProcfsError::Gone(self.pid)),
+            Part::Missing | Part::Denied => {
+                let source = io::Error::new(io::ErrorKind::InvalidData, "stat is unreadable");
+                return Err(ProcfsError::Io { path: self.path.join("stat"), source });
+            }
+        };
+        parse::parse_stat(&text).map_err(|reason| ProcfsError::Parse { path: self.path.join("stat"), reason })
+    }
+
+    fn read_text(&self, file: &str) -> Part<String> {
+        match self.read_bytes(file, 1024 * 1024) {
+            Part::Ok(b) => Part::Ok(String::from_utf8_lossy(&b).into_owned()),
+            Part::Missing => Part::Missing,
+            Part::Denied => Part::Denied,
+        }
+    }
+
+    fn read_bytes(&self, file: &str, limit: u64) -> Part<Vec<u8>> {
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+        let result = nix::fcntl::openat(&self.fd, file, flags, nix::sys::stat::Mode::empty())
+            .map_err(io::Error::from)
+            .and_then(|fd| {
+                let mut buf = Vec::with_capacity(1024);
+                std::fs::File::from(fd).take(limit).read_to_end(&mut buf)?;
+                Ok(buf)
+            });
+        self.classify(file, result)
+    }
+
+    fn read_link(&self, file: &str) -> Part<String> {
+        let result =
+            nix::fcntl::readlinkat(&self.fd, file).map(|t| t.to_string_lossy().into_owned()).map_err(io::Error::from);
+        self.classify(file, result)
+    }
+
+    fn classify<T>(&self, file: &str, result: io::Result<T>) -> Part<T> {
+        if let Err(e) = &result
+            && is_gone(e)
+        {
+            // `exe` and `cwd` are also missing for a live kernel thread or
+            // a zombie; these parts are there while the process is.
+            if matches!(file, "stat" | "status" | "cmdline" | "cgroup") {
+                self.gone.set(true);
+            }
+        }
+        classify(self.pid, &self.path.join(file), result)
+    }
+
+    /// True when a part every process has was missing: the process was
+    /// reaped while it was read.
+    fn gone(&self) -> bool {
+        self.gone.get()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Nothing here touches the file system, so every parser is unit- and
 //! property-tested on literal inputs: `stat` (with hostile `comm` values),
-//! `status`, `cgroup`, `cmdline`, `statm` and `/etc/passwd`.
+//! `status`, `cgroup`, `cmdline` and `/etc/passwd`.
 
 use std::collections::HashMap;
 
@@ -114,13 +114,6 @@ pub(crate) fn parse_cmdline(bytes: &[u8]) -> Option<Vec<String>> {
     }
     let body = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     Some(body.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
-}
-
-/// Resident set size in bytes from `/proc/<pid>/statm` (second field, in
-/// pages).
-pub(crate) fn parse_statm_rss(text: &str, page_size: u64) -> Option<u64> {
-    let pages: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    pages.checked_mul(page_size)
 }
 
 /// The cgroup path of a process from `/proc/<pid>/cgroup`.
@@ -274,7 +267,6 @@ mod tests {
             let _ = container_id(&text);
             let _ = parse_passwd(&text);
             let _ = parse_cmdline(text.as_bytes());
-            let _ = parse_statm_rss(&text, 4096);
         }
     }
 
@@ -291,12 +283,6 @@ mod tests {
         assert_eq!(parse_cmdline(b""), None);
         assert_eq!(parse_cmdline(b"a\0b c\0\0"), Some(vec!["a".into(), "b c".into(), "".into()]));
         assert_eq!(parse_cmdline(b"nginx: worker"), Some(vec!["nginx: worker".into()]));
-    }
-
-    #[test]
-    fn statm_rss() {
-        assert_eq!(parse_statm_rss("765 423 395 5 0 123 0\n", 4096), Some(423 * 4096));
-        assert_eq!(parse_statm_rss("765", 4096), None);
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl FakeProc {
             d.join("stat"),
             format!(
                 "{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {start} \
-                 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n"
+                 0 25 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n"
             ),
         )
         .unwrap();
@@ -173,7 +173,6 @@ impl FakeProc {
         )
         .unwrap();
         std::fs::write(d.join("cmdline"), cmdline).unwrap();
-        std::fs::write(d.join("statm"), "100 25 10 1 0 20 0\n").unwrap();
         std::fs::write(d.join("cgroup"), cgroup).unwrap();
         if let Some(exe) = exe {
             symlink(exe, d.join("exe")).unwrap();
