@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use daemoneye_lib::models::apply_event;
-use daemoneye_lib::proto::{ProcessEvent, ProcessState};
+use daemoneye_lib::proto::{ProcessEvent, ProcessRecord, ProcessState};
 use prost::Message;
 use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -94,6 +94,29 @@ pub struct PendingBatch {
     since: Option<std::time::Instant>,
 }
 
+/// `ev` encoded with `record` as its process, without copying either: the
+/// event's other fields, then the record as field 5 (protobuf fields may
+/// come in any order).
+fn encode_kept(ev: &ProcessEvent, record: Option<&ProcessRecord>) -> Vec<u8> {
+    const PROCESS_FIELD: u32 = 5;
+    let shell = ProcessEvent {
+        seq: ev.seq,
+        event_type: ev.event_type,
+        event_time_ns: ev.event_time_ns,
+        source: ev.source,
+        process: None,
+        gap: ev.gap.clone(),
+        prev_seq: ev.prev_seq,
+    };
+    let record_len = record.map_or(0, |r| prost::encoding::message::encoded_len(PROCESS_FIELD, r));
+    let mut buf = Vec::with_capacity(shell.encoded_len() + record_len);
+    shell.encode_raw(&mut buf);
+    if let Some(r) = record {
+        prost::encoding::message::encode(PROCESS_FIELD, r, &mut buf);
+    }
+    buf
+}
+
 impl PendingBatch {
     /// Merges `ev` into `before` (the row as the caller knows it, including
     /// events staged earlier) and stages the result with the event. Returns
@@ -103,16 +126,13 @@ impl PendingBatch {
         // Kept with the process as it stood after this event, so a query
         // shows each event's own state (an earlier exec's argv, not the
         // latest one).
-        let kept = match after.as_ref().and_then(|s| s.record.clone()) {
-            Some(record) => ProcessEvent { process: Some(record), ..ev.clone() },
-            None => ev.clone(),
-        };
+        let record = after.as_ref().and_then(|s| s.record.as_ref()).or(ev.process.as_ref());
+        self.events.push((ev.seq, encode_kept(ev, record)));
         if let Some(state) = &after
             && let Some(r) = &state.record
         {
             self.rows.insert(r.process_key.clone(), state.clone());
         }
-        self.events.push((ev.seq, kept.encode_to_vec()));
         self.last_seq = self.last_seq.max(ev.seq);
         self.since.get_or_insert_with(std::time::Instant::now);
         after
@@ -448,6 +468,42 @@ mod tests {
         assert_eq!(procs.len(), 2);
         assert_eq!(store.events(0).unwrap().len(), 3);
         assert_eq!(store.events(3).unwrap().len(), 1);
+    }
+
+    /// A kept event is the event with the process as it stood after it:
+    /// every other field as sent, the exit keeping the exec's argv.
+    #[test]
+    fn kept_events_carry_their_own_state_and_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut exec = ev(1, EventType::Exec, "a", 10);
+        if let Some(r) = exec.process.as_mut() {
+            r.argv = Some(daemoneye_lib::proto::Argv { args: vec!["p10".into(), "--x".into()], truncated: false });
+        }
+        let mut exit = ev(2, EventType::Exit, "a", 10);
+        exit.prev_seq = 1;
+        if let Some(r) = exit.process.as_mut() {
+            r.name = None;
+            r.exit_code = Some(3);
+        }
+        let gap = ProcessEvent {
+            seq: 3,
+            event_type: EventType::Gap as i32,
+            event_time_ns: 5,
+            source: 3,
+            process: None,
+            gap: Some(daemoneye_lib::proto::GapInfo { lost_events: 4, reason: "test".into() }),
+            prev_seq: 2,
+        };
+        stage_and_write(&store, &[exec.clone(), exit.clone(), gap.clone()]);
+        let kept = store.events(0).unwrap();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[0], exec);
+        let r = kept[1].process.as_ref().unwrap();
+        assert_eq!((r.name.as_deref(), r.exit_code), (Some("p10"), Some(3)), "merged with the exec");
+        assert_eq!(r.argv.as_ref().map(|a| a.args.len()), Some(2));
+        assert_eq!((kept[1].seq, kept[1].prev_seq, kept[1].event_type()), (2, 1, EventType::Exit));
+        assert_eq!(kept[2], gap);
     }
 
     #[test]
