@@ -130,14 +130,14 @@ pub async fn run(
     // so the agent tells a missed event from a checkpoint or audit record
     // between two events. Unknown (0) until this run's first event.
     let mut last_event_seq = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<(), RuntimeError> = loop {
+        // Time-based checkpoints and deferred syncs are due even when
+        // nothing happens: sleep until the next one (an idle, synced ledger
+        // wakes nobody).
+        let idle_commit_at = ledger.idle_commit_at();
         let first = tokio::select! {
             ev = rx.recv() => ev,
-            _ = tick.tick() => {
-                // Time-based checkpoints and deferred syncs are due even
-                // when nothing happens.
+            () = sleep_until(idle_commit_at) => {
                 if ledger.idle_commit_due() {
                     let (l, r) = blocking(move || { let mut l = ledger; let r = l.commit(); (l, r) }).await?;
                     ledger = l;
@@ -239,6 +239,13 @@ pub async fn run(
     .await?;
     r?;
     result.map(|()| ledger)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, RuntimeError> {

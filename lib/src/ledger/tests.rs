@@ -384,3 +384,29 @@ fn committed_records_are_readable_before_their_deferred_sync() {
     assert_eq!(report.last_seq, 40);
     assert_eq!(w.head().0, 40);
 }
+
+/// An idle writer names when its deferred sync and its time-based
+/// checkpoint fall due, and nothing once both are done: the collector
+/// sleeps until then instead of polling.
+#[test]
+fn idle_commit_deadline_covers_the_deferred_sync_and_the_checkpoint() {
+    let f = fixture();
+    let mut cfg = config(1 << 20, 1_000_000);
+    cfg.sync_interval = Duration::from_secs(60);
+    cfg.checkpoint_interval = Duration::from_secs(600);
+    let (mut w, _) = LedgerWriter::open(&f.dir, &f.keys, &cfg).unwrap();
+    w.checkpoint().unwrap();
+    assert_eq!(w.idle_commit_at(), None, "a synced, checkpointed ledger has nothing due");
+
+    let before = std::time::Instant::now();
+    w.append_with(RecordKind::Event, 1_000, payload).unwrap();
+    w.commit().unwrap();
+    let due = w.idle_commit_at().expect("a written record is synced and checkpointed later");
+    // The sync (60 s after the last one) comes before the checkpoint (600 s).
+    assert!(due <= before + Duration::from_secs(61) && due > before, "{:?}", due - before);
+    assert!(!w.idle_commit_due());
+
+    // A checkpoint syncs and signs everything: nothing is due any more.
+    w.checkpoint().unwrap();
+    assert_eq!(w.idle_commit_at(), None);
+}

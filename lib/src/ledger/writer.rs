@@ -238,6 +238,16 @@ impl LedgerWriter {
         self.checkpoint_due() || (self.dirty && self.last_sync.elapsed() >= self.sync_interval)
     }
 
+    /// When [`idle_commit_due`](Self::idle_commit_due) becomes true if
+    /// nothing more is appended; `None` when it never does (everything is
+    /// synced and checkpointed). An idle caller sleeps until then instead
+    /// of polling.
+    pub fn idle_commit_at(&self) -> Option<Instant> {
+        let sync = self.dirty.then(|| self.last_sync + self.sync_interval);
+        let checkpoint = (self.since_checkpoint > 0).then(|| self.last_checkpoint_at + self.checkpoint_interval);
+        sync.into_iter().chain(checkpoint).min()
+    }
+
     fn checkpoint_due(&self) -> bool {
         self.since_checkpoint > 0
             && (self.since_checkpoint >= self.checkpoint_every
