@@ -83,41 +83,18 @@ impl AlertDb {
         }
         let r = store.begin_read().ctx(store_path, "starting a read")?;
         let w = self.db.begin_write().ctx(&self.path, "starting a transaction")?;
-        {
-            let sp = store_path;
-            let p = &self.path;
-            if names.iter().any(|n| n == ALERTS.name()) {
-                let mut to = w.open_table(ALERTS).ctx(p, "opening alerts")?;
-                for item in r.open_table(ALERTS).ctx(sp, "opening alerts")?.iter().ctx(sp, "reading alerts")? {
-                    let (k, v) = item.ctx(sp, "reading alerts")?;
-                    to.insert(k.value(), v.value()).ctx(p, "writing alerts")?;
-                }
-            }
-            if names.iter().any(|n| n == ALERT_ORDER.name()) {
-                let mut to = w.open_table(ALERT_ORDER).ctx(p, "opening alerts")?;
-                for item in r.open_table(ALERT_ORDER).ctx(sp, "opening alerts")?.iter().ctx(sp, "reading alerts")? {
-                    let (k, _) = item.ctx(sp, "reading alerts")?;
-                    to.insert(k.value(), ()).ctx(p, "writing alerts")?;
-                }
-            }
-            if names.iter().any(|n| n == OUTBOX.name()) {
-                let mut to = w.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
-                for item in
-                    r.open_table(OUTBOX).ctx(sp, "opening alert_outbox")?.iter().ctx(sp, "reading alert_outbox")?
-                {
-                    let (k, _) = item.ctx(sp, "reading alert_outbox")?;
-                    to.insert(k.value(), ()).ctx(p, "writing alert_outbox")?;
-                }
-            }
-            if names.iter().any(|n| n == RULES_STATE.name()) {
-                let mut to = w.open_table(RULES_STATE).ctx(p, "opening rules_state")?;
-                for item in
-                    r.open_table(RULES_STATE).ctx(sp, "opening rules_state")?.iter().ctx(sp, "reading rules_state")?
-                {
-                    let (k, v) = item.ctx(sp, "reading rules_state")?;
-                    to.insert(k.value(), v.value()).ctx(p, "writing rules_state")?;
-                }
-            }
+        let present = |name: &str| names.iter().any(|n| n == name);
+        if present(ALERTS.name()) {
+            copy_table(&r, &w, ALERTS, store_path, &self.path)?;
+        }
+        if present(ALERT_ORDER.name()) {
+            copy_table(&r, &w, ALERT_ORDER, store_path, &self.path)?;
+        }
+        if present(OUTBOX.name()) {
+            copy_table(&r, &w, OUTBOX, store_path, &self.path)?;
+        }
+        if present(RULES_STATE.name()) {
+            copy_table(&r, &w, RULES_STATE, store_path, &self.path)?;
         }
         w.commit().ctx(&self.path, "committing the moved alerts")?;
         drop(r);
@@ -265,6 +242,24 @@ impl Store {
         txn.commit().ctx(p, "committing rules_state")?;
         Ok(())
     }
+}
+
+/// Copies every entry of `table` from the read transaction of `from_path`
+/// into the write transaction of `to_path`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+    from_path: &Path,
+    to_path: &Path,
+) -> Result<(), StoreError> {
+    let mut out = to.open_table(table).ctx(to_path, "opening a moved table")?;
+    let entries = from.open_table(table).ctx(from_path, "opening a table to move")?;
+    for item in entries.iter().ctx(from_path, "reading a table to move")? {
+        let (k, v) = item.ctx(from_path, "reading a table to move")?;
+        out.insert(k.value(), v.value()).ctx(to_path, "writing a moved table")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
