@@ -187,10 +187,7 @@ async fn process_batch(
         let last = shared.health.last_applied_seq.load(Relaxed);
         let missing_before = first_missed(rest, last);
         let (now, later) = rest.split_at(missing_before.unwrap_or(rest.len()));
-        let matches = apply(shared, now, &mut pending);
-        if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
-            tracing::error!("the store writer is gone; alerts are not stored");
-        }
+        apply_and_alert(shared, writer, now, &mut pending).await;
         if let Some(next) = later.first() {
             let (from, to) = (shared.health.last_applied_seq.load(Relaxed) + 1, next.event.seq - 1);
             Health::add(&shared.health.seq_gaps, 1);
@@ -203,10 +200,7 @@ async fn process_batch(
             if rest.len() == later.len() && first_missed(rest, applied) == Some(0) {
                 // The ledger did not have it either (yet): apply the rest
                 // rather than loop; the next gap check retries.
-                let matches = apply(shared, rest, &mut pending);
-                if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
-                    tracing::error!("the store writer is gone; alerts are not stored");
-                }
+                apply_and_alert(shared, writer, rest, &mut pending).await;
                 break;
             }
         } else {
@@ -214,6 +208,14 @@ async fn process_batch(
         }
     }
     pending
+}
+
+/// Applies `events` and hands their rule matches to the store writer.
+async fn apply_and_alert(shared: &Arc<Shared>, writer: &StoreWriter, events: &[Incoming], pending: &mut PendingBatch) {
+    let matches = apply(shared, events, pending);
+    if !matches.is_empty() && !writer.send(StoreCmd::Alerts(matches)).await {
+        tracing::error!("the store writer is gone; alerts are not stored");
+    }
 }
 
 /// The index in `events` (new seqs, in order, after `last` was applied) of

@@ -216,8 +216,7 @@ impl ProcfsReader {
     /// the parent is gone and its pid was reused.
     fn parent_key(&self, ppid: u32, child_start: Option<i64>) -> Option<String> {
         let ticks = self.start_ticks(ppid).ok()?;
-        let started = self.ticks_to_unix_ns(ticks);
-        if child_start.is_some_and(|c| started > c) {
+        if started_after(Some(self.ticks_to_unix_ns(ticks)), child_start) {
             return None;
         }
         Some(ProcessKey::from_ticks(&self.boot_id, ppid, ticks).to_string())
@@ -313,9 +312,9 @@ impl ProcfsReader {
     /// from "no processes").
     pub fn try_snapshot(&self) -> Result<Vec<ProcessRecord>, ProcfsError> {
         let pids = self.pids()?;
-        // Reading /proc is system calls, a few microseconds each, nine per
-        // process: spread over the cores (10,000 processes took a second
-        // on one).
+        // Reading /proc is system calls, a few microseconds each, about
+        // twenty per process: spread over the cores (10,000 processes took
+        // a second on one).
         let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, MAX_SNAPSHOT_THREADS);
         let chunk = pids.len().div_ceil(threads).max(1);
         let read = |pids: &[u32]| -> Vec<(ProcessRecord, u32)> {
@@ -348,12 +347,7 @@ impl ProcfsReader {
                 continue;
             }
             rec.parent_key = match keys.get(ppid) {
-                Some((key, started))
-                    if !(started.is_some() && rec.start_time_ns.is_some() && *started > rec.start_time_ns) =>
-                {
-                    Some(key.clone())
-                }
-                Some(_) => None,
+                Some((key, started)) => (!started_after(*started, rec.start_time_ns)).then(|| key.clone()),
                 None => self.parent_key(*ppid, rec.start_time_ns),
             };
         }
@@ -363,7 +357,9 @@ impl ProcfsReader {
     // ---- helpers ------------------------------------------------------
 
     fn stat(&self, pid: u32) -> Result<Stat, ProcfsError> {
-        self.open_dir(pid)?.stat()
+        let path = self.root.join(pid.to_string()).join("stat");
+        let read = std::fs::read(&path);
+        parse_stat_file(pid, path, read)
     }
 
     /// Opens `/proc/<pid>`.
@@ -417,15 +413,7 @@ struct PidDir {
 
 impl PidDir {
     fn stat(&self) -> Result<Stat, ProcfsError> {
-        let text = match self.read_bytes("stat", 64 * 1024) {
-            Part::Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Part::Missing if self.gone.get() => return Err(ProcfsError::Gone(self.pid)),
-            Part::Missing | Part::Denied => {
-                let source = io::Error::new(io::ErrorKind::InvalidData, "stat is unreadable");
-                return Err(ProcfsError::Io { path: self.path.join("stat"), source });
-            }
-        };
-        parse::parse_stat(&text).map_err(|reason| ProcfsError::Parse { path: self.path.join("stat"), reason })
+        parse_stat_file(self.pid, self.path.join("stat"), self.read_raw("stat", 64 * 1024))
     }
 
     fn read_text(&self, file: &str) -> Part<String> {
@@ -437,15 +425,17 @@ impl PidDir {
     }
 
     fn read_bytes(&self, file: &str, limit: u64) -> Part<Vec<u8>> {
-        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
-        let result = nix::fcntl::openat(&self.fd, file, flags, nix::sys::stat::Mode::empty())
-            .map_err(io::Error::from)
-            .and_then(|fd| {
-                let mut buf = Vec::with_capacity(1024);
-                std::fs::File::from(fd).take(limit).read_to_end(&mut buf)?;
-                Ok(buf)
-            });
+        let result = self.read_raw(file, limit);
         self.classify(file, result)
+    }
+
+    /// Up to `limit` bytes of `file`.
+    fn read_raw(&self, file: &str, limit: u64) -> io::Result<Vec<u8>> {
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&self.fd, file, flags, nix::sys::stat::Mode::empty())?;
+        let mut buf = Vec::with_capacity(1024);
+        std::fs::File::from(fd).take(limit).read_to_end(&mut buf)?;
+        Ok(buf)
     }
 
     fn read_link(&self, file: &str) -> Part<String> {
@@ -460,7 +450,7 @@ impl PidDir {
         {
             // `exe` and `cwd` are also missing for a live kernel thread or
             // a zombie; these parts are there while the process is.
-            if matches!(file, "stat" | "status" | "cmdline" | "cgroup") {
+            if matches!(file, "status" | "cmdline" | "cgroup") {
                 self.gone.set(true);
             }
         }
@@ -472,6 +462,23 @@ impl PidDir {
     fn gone(&self) -> bool {
         self.gone.get()
     }
+}
+
+/// A process's `stat` from what reading it returned: [`ProcfsError::Gone`]
+/// when the process is no longer there.
+fn parse_stat_file(pid: u32, path: PathBuf, read: io::Result<Vec<u8>>) -> Result<Stat, ProcfsError> {
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if is_gone(&e) => return Err(ProcfsError::Gone(pid)),
+        Err(source) => return Err(ProcfsError::Io { path, source }),
+    };
+    parse::parse_stat(&String::from_utf8_lossy(&bytes)).map_err(|reason| ProcfsError::Parse { path, reason })
+}
+
+/// True when a parent read at `parent_start` started after its child (at
+/// `child_start`): the parent is gone and its pid was reused.
+fn started_after(parent_start: Option<i64>, child_start: Option<i64>) -> bool {
+    matches!((parent_start, child_start), (Some(p), Some(c)) if p > c)
 }
 
 /// Threads reading a snapshot, at most.
