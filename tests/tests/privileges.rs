@@ -370,7 +370,12 @@ fn agent_runs_as_agent_user_without_capabilities_and_keeps_working() {
     let sock = agent.data_dir().join("run/agent.sock");
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, gid), "agent.sock mode and group");
-    let out = Command::new(bin("daemoneye-cli"))
+    // A copy of the CLI where that user can reach it (the checkout may sit
+    // in a directory only root can enter, e.g. one made by `mktemp -d`).
+    let cli_dir = traversable_root();
+    let cli = cli_dir.path().join("daemoneye-cli");
+    std::fs::copy(bin("daemoneye-cli"), &cli).unwrap();
+    let out = Command::new(&cli)
         .arg("--data-dir")
         .arg(agent.data_dir())
         .args(["health", "--format", "json"])
