@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use daemoneye_eventbus::BusClient;
-use daemoneye_lib::ledger::{LedgerWriter, RecordKind};
+use daemoneye_lib::ledger::{LedgerWriter, RecordKind, SyncDone, SyncJob};
 use daemoneye_lib::models::time::now_ns;
 use daemoneye_lib::proto::{
     CONTENT_TYPE_COLLECTOR_STATUS, CONTENT_TYPE_PROCESS_EVENT, CollectorStatus, Correlation, EventType, ProcessEvent,
@@ -130,6 +130,9 @@ pub async fn run(
     // so the agent tells a missed event from a checkpoint or audit record
     // between two events. Unknown (0) until this run's first event.
     let mut last_event_seq = 0u64;
+    // The ledger's fdatasync, when one runs: on a blocking thread, while
+    // events go on being appended and published (see `LedgerWriter::commit_nowait`).
+    let mut syncing = SyncSlot::default();
     let result: Result<(), RuntimeError> = loop {
         // Time-based checkpoints and deferred syncs are due even when
         // nothing happens: sleep until the next one (an idle, synced ledger
@@ -137,11 +140,18 @@ pub async fn run(
         let idle_commit_at = ledger.idle_commit_at();
         let first = tokio::select! {
             ev = rx.recv() => ev,
+            done = syncing.done() => {
+                if let Err(e) = done.and_then(|d| ledger.sync_done(d).map_err(RuntimeError::from)) {
+                    break Err(e);
+                }
+                continue;
+            }
             () = sleep_until(idle_commit_at) => {
                 if ledger.idle_commit_due() {
-                    let (l, r) = blocking(move || { let mut l = ledger; let r = l.commit(); (l, r) }).await?;
-                    ledger = l;
-                    if let Err(e) = r { break Err(e.into()); }
+                    match ledger.commit_nowait() {
+                        Ok(job) => syncing.start(job),
+                        Err(e) => break Err(e.into()),
+                    }
                 }
                 continue;
             }
@@ -185,25 +195,13 @@ pub async fn run(
                 hash_from_cache(&hasher, se);
             }
         }
-        // Most commits only write to the page cache: done in place, which
-        // spares two thread hand-offs per batch; a commit that syncs or
-        // checkpoints goes to a blocking thread.
-        let prev = last_event_seq;
-        let r = if ledger.commit_may_block() {
-            let (l, r) = blocking(move || {
-                let mut l = ledger;
-                let r = append_batch(&mut l, batch, prev);
-                (l, r)
-            })
-            .await?;
-            ledger = l;
-            r
-        } else {
-            append_batch(&mut ledger, batch, prev)
-        };
-        let committed = match r {
-            Ok((c, last)) => {
+        // A commit only writes to the page cache: done in place, which
+        // spares two thread hand-offs per batch. The fdatasync it may start
+        // runs beside (an event never waits for the disk).
+        let committed = match append_batch(&mut ledger, batch, last_event_seq) {
+            Ok((c, last, job)) => {
                 last_event_seq = last;
+                syncing.start(job);
                 c
             }
             Err(e) => break Err(e.into()),
@@ -230,6 +228,9 @@ pub async fn run(
     drop(pub_tx);
     while source_tasks.join_next().await.is_some() {}
     let _ = publisher.await;
+    if let Err(e) = syncing.finish(&mut ledger).await {
+        tracing::error!(error = %e, "the ledger's last background fdatasync failed");
+    }
     // Whatever is still buffered is committed before we return.
     let (ledger, r) = blocking(move || {
         let mut l = ledger;
@@ -259,15 +260,45 @@ struct Committed {
     payload: Bytes,
 }
 
-/// Appends `batch` and commits; each event carries its seq and the seq of
-/// the event before it (`prev_seq`, see `events.proto`), starting from
-/// `prev` (0: unknown). Returns the committed events and the last event's
-/// seq.
+/// The ledger's background fdatasync: at most one runs.
+#[derive(Default)]
+struct SyncSlot(Option<tokio::task::JoinHandle<SyncDone>>);
+
+impl SyncSlot {
+    /// Runs `job` on a blocking thread (the ledger hands out one at a time).
+    fn start(&mut self, job: Option<SyncJob>) {
+        if let Some(job) = job {
+            self.0 = Some(tokio::task::spawn_blocking(move || job.run()));
+        }
+    }
+
+    /// Resolves when the running sync ends; never when none runs.
+    async fn done(&mut self) -> Result<SyncDone, RuntimeError> {
+        let Some(task) = &mut self.0 else { return std::future::pending().await };
+        let r = task.await;
+        self.0 = None;
+        r.map_err(|e| RuntimeError::Task(format!("ledger sync task: {e}")))
+    }
+
+    /// Waits for the running sync, if any, and reports it to `ledger`.
+    async fn finish(&mut self, ledger: &mut LedgerWriter) -> Result<(), RuntimeError> {
+        if self.0.is_none() {
+            return Ok(());
+        }
+        let done = self.done().await?;
+        ledger.sync_done(done).map_err(RuntimeError::from)
+    }
+}
+
+/// Appends `batch` and commits without waiting for the disk; each event
+/// carries its seq and the seq of the event before it (`prev_seq`, see
+/// `events.proto`), starting from `prev` (0: unknown). Returns the
+/// committed events, the last event's seq and the fdatasync now due.
 fn append_batch(
     ledger: &mut LedgerWriter,
     batch: Vec<SourceEvent>,
     mut prev: u64,
-) -> Result<(Vec<Committed>, u64), daemoneye_lib::ledger::LedgerError> {
+) -> Result<(Vec<Committed>, u64, Option<SyncJob>), daemoneye_lib::ledger::LedgerError> {
     let mut out = Vec::with_capacity(batch.len());
     for SourceEvent { mut event, .. } in batch {
         let kind = if event.event_type() == EventType::Gap { RecordKind::Gap } else { RecordKind::Event };
@@ -280,8 +311,8 @@ fn append_batch(
         prev = seq;
         out.push(Committed { event, payload });
     }
-    ledger.commit()?;
-    Ok((out, prev))
+    let job = ledger.commit_nowait()?;
+    Ok((out, prev, job))
 }
 
 /// Sets the executable hash of the event when the cache knows the running

@@ -40,7 +40,7 @@ pub use keys::{PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, read_public_key};
 pub use reader::{LedgerIter, LedgerReader};
 pub use recover::{RecoveryReport, Truncation};
 pub use verify::{Tamper, VerifyOptions, VerifyReport, verify, verify_with};
-pub use writer::LedgerWriter;
+pub use writer::{LedgerWriter, SyncDone, SyncJob};
 
 /// What a record holds. The byte value is part of the format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -410,3 +410,32 @@ fn idle_commit_deadline_covers_the_deferred_sync_and_the_checkpoint() {
     w.checkpoint().unwrap();
     assert_eq!(w.idle_commit_at(), None);
 }
+
+/// procmond's event path commits without waiting for the disk: records are
+/// written (readers see them) at once, and the due fdatasync is handed out
+/// as a job, one at a time; writes made while it runs stay due for the next.
+#[test]
+fn commit_nowait_writes_at_once_and_hands_out_one_sync_at_a_time() {
+    let f = fixture();
+    let cfg = config(1 << 20, 1_000_000); // sync_interval 0: due at every commit
+    let (mut w, _) = LedgerWriter::open(&f.dir, &f.keys, &cfg).unwrap();
+    w.append_with(RecordKind::Event, 1_000, payload).unwrap();
+    let job = w.commit_nowait().unwrap().expect("a written record is to be synced");
+    assert_eq!(read_all(&f.dir).len(), 1, "committed records are readable before the sync");
+
+    // While the job runs nothing else is handed out or due.
+    w.append_with(RecordKind::Event, 1_000, payload).unwrap();
+    assert!(w.commit_nowait().unwrap().is_none(), "one sync at a time");
+    assert_eq!(read_all(&f.dir).len(), 2);
+    assert!(!w.idle_commit_due());
+
+    // The second record was written after the job started: still due.
+    w.sync_done(job.run()).unwrap();
+    assert!(w.idle_commit_due(), "a write made during the sync needs another");
+    let job = w.commit_nowait().unwrap().expect("the second record's sync");
+    w.sync_done(job.run()).unwrap();
+    assert!(!w.idle_commit_due(), "everything written is synced");
+    assert!(w.commit_nowait().unwrap().is_none());
+    w.close().unwrap();
+    assert_eq!(read_all(&f.dir).len(), 3, "two events and the closing checkpoint");
+}

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -32,6 +33,12 @@ const FLUSH_AT: usize = 4 * 1024 * 1024;
 /// records pending or `commit_interval` elapsed), before publishing the
 /// events it covers, and periodically while idle so a late sync happens:
 /// the ledger is the WAL.
+///
+/// A caller on an event path uses [`commit_nowait`](Self::commit_nowait)
+/// instead: it writes without ever waiting for the disk, and hands the
+/// fdatasync that is due to the caller as a [`SyncJob`] to run elsewhere
+/// (events keep flowing while it runs; an fdatasync under write load takes
+/// milliseconds) and report with [`sync_done`](Self::sync_done).
 pub struct LedgerWriter {
     dir: PathBuf,
     key: SigningKey,
@@ -45,7 +52,8 @@ pub struct LedgerWriter {
     /// Held for the writer's lifetime: the OS releases the lock on close.
     _lock: File,
     seg_path: PathBuf,
-    file: File,
+    /// Shared with a [`SyncJob`] in flight.
+    file: Arc<File>,
     /// Bytes in the current segment, header and pending bytes included.
     seg_bytes: u64,
     seg_records: u64,
@@ -57,6 +65,11 @@ pub struct LedgerWriter {
     /// Bytes written to `file` since the last fdatasync.
     dirty: bool,
     last_sync: Instant,
+    /// Counts writes to the segment files, so that a [`SyncJob`] knows
+    /// whether anything was written after it started.
+    writes: u64,
+    /// A [`SyncJob`] was handed out and not reported yet.
+    sync_in_flight: bool,
     since_checkpoint: u64,
     last_checkpoint_at: Instant,
     /// Set when a write or sync failed: the file's state is unknown, so
@@ -128,7 +141,7 @@ impl LedgerWriter {
             checkpoint_interval: config.checkpoint_interval,
             _lock: lock,
             seg_path: tail.seg_path,
-            file,
+            file: Arc::new(file),
             seg_bytes: tail.seg_bytes,
             seg_records: tail.seg_records,
             last_seq: tail.last_seq,
@@ -138,6 +151,8 @@ impl LedgerWriter {
             pending_since: None,
             last_sync: Instant::now(),
             dirty: false,
+            writes: 0,
+            sync_in_flight: false,
             since_checkpoint: tail.since_checkpoint,
             last_checkpoint_at: Instant::now(),
             poisoned: false,
@@ -197,6 +212,55 @@ impl LedgerWriter {
         Ok(())
     }
 
+    /// Like [`commit`](Self::commit) without waiting for the disk: writes
+    /// the pending records (and a checkpoint, when one is due) to the
+    /// segment file, where readers see them. When an fdatasync is due (and
+    /// none is running), returns it as a job for the caller to run off the
+    /// event path and report with [`sync_done`](Self::sync_done); records
+    /// are then durable at most `sync_interval` plus one fdatasync after
+    /// they were committed.
+    pub fn commit_nowait(&mut self) -> Result<Option<SyncJob>, LedgerError> {
+        self.check_poisoned()?;
+        if self.checkpoint_due() {
+            self.push_checkpoint()?;
+        }
+        self.write_pending()?;
+        self.pending_records = 0;
+        self.pending_since = None;
+        Ok(self.sync_due().then(|| self.start_sync()))
+    }
+
+    /// Records that `job` (from [`commit_nowait`](Self::commit_nowait))
+    /// ended. A failed fdatasync poisons the writer, as a failed inline one
+    /// does: the error is returned here and by every later call.
+    pub fn sync_done(&mut self, done: SyncDone) -> Result<(), LedgerError> {
+        self.sync_in_flight = false;
+        if let Err(e) = done.result {
+            self.poisoned = true;
+            return Err(LedgerError::io("fdatasync", &done.path, e));
+        }
+        // Writes made while it ran are still to be synced.
+        if done.writes == self.writes {
+            self.dirty = false;
+        }
+        self.last_sync = self.last_sync.max(done.started);
+        Ok(())
+    }
+
+    fn sync_due(&self) -> bool {
+        self.dirty && !self.sync_in_flight && self.last_sync.elapsed() >= self.sync_interval
+    }
+
+    fn start_sync(&mut self) -> SyncJob {
+        self.sync_in_flight = true;
+        SyncJob {
+            file: Arc::clone(&self.file),
+            path: self.seg_path.clone(),
+            writes: self.writes,
+            started: Instant::now(),
+        }
+    }
+
     /// Writes a checkpoint now (unless the last record is one) and commits.
     /// Call on orderly shutdown so the whole ledger is signed.
     pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
@@ -225,17 +289,11 @@ impl LedgerWriter {
         self.pending_since.map(|t| t + self.commit_interval)
     }
 
-    /// True when the next [`commit`](Self::commit) may block on the disk
-    /// (an fdatasync or a checkpoint is due); otherwise it only writes to
-    /// the page cache, which async callers can do in place.
-    pub fn commit_may_block(&self) -> bool {
-        self.checkpoint_due() || self.last_sync.elapsed() >= self.sync_interval
-    }
-
     /// True when a commit with nothing new appended has work: a deferred
-    /// sync or a time-based checkpoint (call it from an idle timer).
+    /// sync (unless one is running) or a time-based checkpoint (call it
+    /// from an idle timer).
     pub fn idle_commit_due(&self) -> bool {
-        self.checkpoint_due() || (self.dirty && self.last_sync.elapsed() >= self.sync_interval)
+        self.checkpoint_due() || self.sync_due()
     }
 
     /// When [`idle_commit_due`](Self::idle_commit_due) becomes true if
@@ -243,7 +301,7 @@ impl LedgerWriter {
     /// synced and checkpointed). An idle caller sleeps until then instead
     /// of polling.
     pub fn idle_commit_at(&self) -> Option<Instant> {
-        let sync = self.dirty.then(|| self.last_sync + self.sync_interval);
+        let sync = (self.dirty && !self.sync_in_flight).then(|| self.last_sync + self.sync_interval);
         let checkpoint = (self.since_checkpoint > 0).then(|| self.last_checkpoint_at + self.checkpoint_interval);
         sync.into_iter().chain(checkpoint).min()
     }
@@ -330,12 +388,13 @@ impl LedgerWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(&self.pending) {
+        if let Err(e) = (&*self.file).write_all(&self.pending) {
             self.poisoned = true;
             return Err(LedgerError::io("write", &self.seg_path, e));
         }
         self.pending.clear();
         self.dirty = true;
+        self.writes += 1;
         Ok(())
     }
 
@@ -372,7 +431,7 @@ impl LedgerWriter {
         match create_segment(&self.dir, &path, &header) {
             Ok(file) => {
                 tracing::debug!(segment = %path.display(), seq = header.first_seq, "ledger segment rotated");
-                self.file = file;
+                self.file = Arc::new(file);
                 self.seg_path = path;
                 self.seg_bytes = HEADER_LEN as u64;
                 self.seg_records = 0;
@@ -384,6 +443,35 @@ impl LedgerWriter {
             }
         }
     }
+}
+
+/// An fdatasync of the ledger's segment, due after
+/// [`LedgerWriter::commit_nowait`]: run it on a thread that may block, and
+/// hand the result to [`LedgerWriter::sync_done`].
+#[derive(Debug)]
+#[must_use = "a sync job that is not run leaves the ledger undurable"]
+pub struct SyncJob {
+    file: Arc<File>,
+    path: PathBuf,
+    writes: u64,
+    started: Instant,
+}
+
+impl SyncJob {
+    /// The fdatasync (blocks on the disk).
+    pub fn run(self) -> SyncDone {
+        let result = self.file.sync_data();
+        SyncDone { result, path: self.path, writes: self.writes, started: self.started }
+    }
+}
+
+/// What a [`SyncJob`] did.
+#[derive(Debug)]
+pub struct SyncDone {
+    result: std::io::Result<()>,
+    path: PathBuf,
+    writes: u64,
+    started: Instant,
 }
 
 impl Drop for LedgerWriter {
