@@ -24,6 +24,8 @@ use crate::store::{Store, StoreError};
 pub struct Match<'a> {
     /// The rule.
     pub rule: &'a Rule,
+    /// Its place in the rule set (orders the alerts of one event).
+    pub rule_index: usize,
     /// Output column names.
     pub columns: &'a [String],
     /// The row.
@@ -112,6 +114,15 @@ impl AlertManager {
             let row = row_object(m.columns, m.row);
             let dedupe_key = dedupe_key(m, &row);
             let window = window_ms(m.rule.dedupe.as_ref().and_then(|d| d.window).unwrap_or(self.window));
+            // After a crash the events after the store's durable seq are
+            // applied again: a match whose alert the alert file kept is
+            // neither new nor a repeat.
+            if let Some(ev) = m.event
+                && self.recent.get(&dedupe_key).is_some_and(|s| s.alert.event_seq == Some(ev.seq))
+            {
+                created.push(None);
+                continue;
+            }
             let repeat = match new_by_key.get(&dedupe_key).and_then(|&i| new.get_mut(i)) {
                 Some(a) => Some(a),
                 None => match repeats.entry(dedupe_key.clone()) {
@@ -129,7 +140,7 @@ impl AlertManager {
                 continue;
             }
             let alert = Alert {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: alert_id(m),
                 alert_time_ms: now,
                 rule_id: m.rule.id.clone(),
                 title: m.rule.name.clone(),
@@ -172,6 +183,33 @@ impl AlertManager {
     }
 }
 
+/// A new alert's id: a UUIDv7 (time-ordered). An event's alert is made
+/// from the event alone, so that raising it again from the ledger after a
+/// crash (see `store::alerts`) gives it the same id (a sink sees the same
+/// alert twice at most, never two alerts): the event's time, then its seq
+/// and the rule's place (alerts of one millisecond sort as they were
+/// raised), then a hash of the rule and the process.
+fn alert_id(m: &Match<'_>) -> String {
+    let Some(ev) = m.event else { return uuid::Uuid::now_v7().to_string() };
+    let mut h = blake3::Hasher::new();
+    h.update(m.rule.id.as_bytes());
+    h.update(&[0]);
+    h.update(ev.process.as_ref().map_or("", |r| r.process_key.as_str()).as_bytes());
+    let hash = h.finalize().as_bytes().first().copied().unwrap_or(0);
+    // 74 bits after the time: 48 of seq, 16 of rule place, 10 of hash.
+    let bits: u128 =
+        (u128::from(ev.seq) & ((1 << 48) - 1)) << 26 | (m.rule_index as u128 & 0xFFFF) << 10 | u128::from(hash) << 2;
+    let (rand_a, rand_b) = (bits >> 62, bits & ((1 << 62) - 1));
+    let mut rand = [0u8; 10];
+    for (i, byte) in rand.iter_mut().enumerate() {
+        // rand[0..2]: the 12 bits of rand_a; rand[2..10]: the 62 of rand_b.
+        let (value, shift) = if i < 2 { (rand_a, 8 * (1 - i)) } else { (rand_b, 8 * (9 - i)) };
+        *byte = (value >> shift) as u8;
+    }
+    let ms = u64::try_from(ev.event_time_ns / 1_000_000).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &rand).into_uuid().to_string()
+}
+
 fn window_ms(w: Duration) -> i64 {
     i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
 }
@@ -189,4 +227,84 @@ fn row_object(columns: &[String], row: &[Value]) -> Map<String, Json> {
 /// A SQL value as JSON.
 pub fn value_json(v: &Value) -> Json {
     alerting::value_json(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use daemoneye_lib::config::AlertsConfig;
+    use daemoneye_lib::proto::{ProcessRecord, Severity};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+
+    fn rule() -> Rule {
+        Rule {
+            id: "r1".into(),
+            name: "R1".into(),
+            description: String::new(),
+            severity: Severity::High,
+            category: None,
+            tags: Vec::new(),
+            author: None,
+            version: None,
+            enabled: true,
+            sql: String::new(),
+            dedupe: None,
+            source: std::path::PathBuf::new(),
+        }
+    }
+
+    fn exec(seq: u64, key: &str) -> ProcessEvent {
+        ProcessEvent {
+            seq,
+            event_time_ns: 1_800_000_000_000_000_000,
+            process: Some(ProcessRecord { process_key: key.into(), pid: 7, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// After a crash the agent re-applies the events after the store's
+    /// durable seq; an event whose alert the alert file kept must raise
+    /// nothing, and one whose alert was lost gets it back with its id.
+    #[tokio::test]
+    async fn an_event_applied_again_raises_its_alert_once_with_one_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
+        let config = AlertsConfig { dedupe_window: Duration::from_secs(300), stdout: false, sinks: Vec::new() };
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let delivery = Arc::new(Delivery::start(&config, Arc::clone(&store), &cancel, &tasks).unwrap());
+        let rule = rule();
+        let columns = vec!["pid".to_owned()];
+        let row = vec![Value::Integer(7)];
+        let ev = exec(42, "k-7");
+        let m =
+            Match { rule: &rule, rule_index: 0, columns: &columns, row: &row, event: Some(&ev), correlation_id: "c" };
+
+        let mut alerts = AlertManager::new(Arc::clone(&store), config.dedupe_window, Arc::clone(&delivery)).unwrap();
+        let first = alerts.raise(&m).unwrap().expect("a new alert");
+        assert_eq!(first.event_seq, Some(42));
+        assert!(alerts.raise(&m).unwrap().is_none(), "the same event again is no new alert");
+        assert_eq!(store.alerts().unwrap().len(), 1);
+        assert_eq!(store.alerts().unwrap()[0].occurrences, 1, "and no repeat either");
+
+        // Another event with the same dedupe key is a repeat.
+        let ev2 = exec(43, "k-7");
+        let m2 = Match { event: Some(&ev2), ..m };
+        assert!(alerts.raise(&m2).unwrap().is_none());
+        assert_eq!(store.alerts().unwrap()[0].occurrences, 2);
+
+        // A fresh agent whose alert file lost the alert raises it again
+        // with the same id.
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = Arc::new(Store::open(&dir2.path().join("store.redb")).unwrap());
+        let mut again = AlertManager::new(Arc::clone(&store2), config.dedupe_window, delivery).unwrap();
+        let second = again.raise(&m).unwrap().expect("raised again");
+        assert_eq!(second.id, first.id);
+        // Ids sort as alerts are raised: by event, then by rule.
+        let later_rule = alert_id(&Match { rule_index: 1, ..m });
+        let later_event = alert_id(&m2);
+        assert!(first.id < later_rule && later_rule < later_event, "{} {later_rule} {later_event}", first.id);
+        cancel.cancel();
+    }
 }

@@ -186,8 +186,8 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
         });
     }
 
-    let (writer, writer_thread) =
-        StoreWriter::start(Arc::clone(&shared)).context("starting the store writer thread")?;
+    let (writer, writer_threads) =
+        StoreWriter::start(Arc::clone(&shared)).context("starting the store writer threads")?;
     let ingest = tokio::spawn(pipeline::run_ingest(Arc::clone(&shared), lifecycle, writer, cancel.clone()));
 
     // Table rules on an interval.
@@ -284,8 +284,8 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
     if let Err(e) = ingest.await {
         tracing::error!(error = %e, "the ingest task failed");
     }
-    if tokio::task::spawn_blocking(move || writer_thread.join()).await.map_or(true, |r| r.is_err()) {
-        tracing::error!("the store writer thread panicked");
+    if !tokio::task::spawn_blocking(move || writer_threads.join()).await.unwrap_or(false) {
+        tracing::error!("a store writer thread panicked");
     }
     match api_failed {
         Some(Ok(Err(e))) => Err(e),

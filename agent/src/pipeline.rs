@@ -334,7 +334,7 @@ fn apply(shared: &Shared, batch: &[Incoming], pending: &mut PendingBatch) -> Vec
             let before = inc.event.process.as_ref().and_then(|r| table.get(&r.process_key)).cloned();
             let after = pending.stage(&inc.event, before);
             if let Some(st) = &after {
-                table.upsert(st.clone());
+                table.upsert(Arc::clone(st));
             }
             states.push(after);
         }
@@ -346,7 +346,7 @@ fn apply(shared: &Shared, batch: &[Incoming], pending: &mut PendingBatch) -> Vec
 fn evaluate_streaming(
     shared: &Shared,
     batch: &[Incoming],
-    states: &[Option<daemoneye_lib::proto::ProcessState>],
+    states: &[Option<Arc<daemoneye_lib::proto::ProcessState>>],
 ) -> Vec<OwnedMatch> {
     let (rules, index) = shared.indexed_rules();
     let mut matches = Vec::new();
@@ -361,7 +361,7 @@ fn evaluate_streaming(
     let tables = QueryTables::processes_only(&table);
     let mut candidates = Vec::new();
     for (i, inc) in batch.iter().enumerate() {
-        let state = states.get(i).and_then(Option::as_ref);
+        let state = states.get(i).and_then(Option::as_deref);
         if state.is_none() && inc.event.event_type() != EventType::Gap {
             continue;
         }
@@ -454,7 +454,7 @@ pub fn evaluate_table_rules(shared: &Shared) {
         .iter()
         .filter_map(|(r, columns, row)| {
             let lr = rules.rules.get(*r)?;
-            Some(Match { rule: &lr.rule, columns, row, event: None, correlation_id: "" })
+            Some(Match { rule: &lr.rule, rule_index: *r, columns, row, event: None, correlation_id: "" })
         })
         .collect();
     let mut alerts = shared.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

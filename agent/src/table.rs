@@ -14,8 +14,10 @@ use daemoneye_lib::proto::ProcessState;
 
 use crate::store::{Store, StoreError};
 
+/// A row: the state (shared with the batch staged for the store, so an
+/// event copies a process's state once) and its SQL row.
 struct Entry {
-    state: ProcessState,
+    state: Arc<ProcessState>,
     row: Vec<Value>,
 }
 
@@ -23,10 +25,7 @@ struct Entry {
 /// pre-built so that evaluation does not rebuild them per rule.
 #[derive(Default)]
 pub struct ProcessTable {
-    /// Boxed: an entry is ~600 bytes, and a map's spare slots (up to half
-    /// of them after a resize) would hold that much each (4 MB at 10,000
-    /// processes).
-    rows: HashMap<String, Box<Entry>>,
+    rows: HashMap<String, Entry>,
     by_pid: HashMap<u32, Vec<String>>,
     by_parent: HashMap<String, Vec<String>>,
 }
@@ -42,18 +41,18 @@ impl ProcessTable {
     pub fn from_states(states: Vec<ProcessState>) -> Self {
         let mut t = Self::default();
         for s in states {
-            t.upsert(s);
+            t.upsert(Arc::new(s));
         }
         t
     }
 
     /// The row of a key.
     pub fn get(&self, key: &str) -> Option<&ProcessState> {
-        self.rows.get(key).map(|e| &e.state)
+        self.rows.get(key).map(|e| &*e.state)
     }
 
     /// Inserts or replaces a row.
-    pub fn upsert(&mut self, state: ProcessState) {
+    pub fn upsert(&mut self, state: Arc<ProcessState>) {
         let Some(rec) = state.record.as_ref() else { return };
         let key = rec.process_key.clone();
         let old_index = self
@@ -74,13 +73,13 @@ impl ProcessTable {
             }
         }
         let row = process_row(&state);
-        self.rows.insert(key, Box::new(Entry { state, row }));
+        self.rows.insert(key, Entry { state, row });
     }
 
     /// Removes a row.
     pub fn remove(&mut self, key: &str) {
         if let Some(old) = self.rows.remove(key)
-            && let Some(r) = old.state.record
+            && let Some(r) = &old.state.record
         {
             self.unindex(key, r.pid, r.parent_key.as_deref());
         }
@@ -277,7 +276,7 @@ mod tests {
         let pk = Table::Processes.column_index("parent_key").unwrap();
         assert_eq!(q.lookup(Table::Processes, pk, &Value::Text("a".into())).unwrap().len(), 1);
         drop(q);
-        t.upsert(st("b", 2, Some("c")));
+        t.upsert(Arc::new(st("b", 2, Some("c"))));
         t.remove("a");
         let q = QueryTables::processes_only(&t);
         assert!(q.lookup(Table::Processes, pk, &Value::Text("a".into())).unwrap().is_empty());

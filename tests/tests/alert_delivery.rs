@@ -276,9 +276,16 @@ fn alert_pending_at_kill9_is_delivered_after_restart() {
     let agent = Agent::start_in(root, options(&m), &["--config", &config_arg]);
     wait_for(Duration::from_secs(30), || receiver.ids().contains(&id).then_some(()))
         .unwrap_or_else(|| panic!("alert {id} not delivered after the restart; stderr:\n{}", agent.stderr()));
-    assert!(agent.stderr().contains("re-queued undelivered alerts from the outbox"));
-    // The restart did not raise it again (dedupe state survived), so the
-    // receiver only ever sees that one alert.
+    // The alert was committed to the alert file before delivery, relaxed:
+    // either that commit was made durable before the kill (the outbox
+    // re-queues it), or the restart re-applied its event from the ledger
+    // and raised it again, with the same id.
+    let log = agent.stderr();
+    assert!(
+        log.contains("re-queued undelivered alerts from the outbox") || log.contains("caught up from the ledger"),
+        "the alert came neither from the outbox nor from the ledger; stderr:\n{log}"
+    );
+    // Either way the receiver only ever sees that one alert, with its id.
     assert_eq!(stored_alert_ids(&agent), BTreeSet::from([id.clone()]));
     assert_eq!(receiver.ids(), BTreeSet::from([id]));
 }

@@ -18,6 +18,17 @@
 //! themselves. The store's derived state stays relaxed (the ledger rebuilds
 //! it); delivered-outbox removals and repeat counts are relaxed here (a
 //! crash repeats a delivery, at least once, or forgets a count).
+//!
+//! *Alerts of streaming rules are relaxed too*, because the ledger rebuilds
+//! them as well: they follow from events, and the store's durable
+//! `last_applied_seq` never passes an event whose alerts are not durable
+//! here (the store writer makes this file durable first, see
+//! [`Store::write_pending_as`]). After a crash the agent re-applies the
+//! events after that seq and raises their lost alerts again, with the same
+//! ids (see `alerts`). An alert is therefore committed here before any sink
+//! sees it, and survives an agent crash, without an fsync on the way from
+//! exec to sink. Alerts of table rules (no event behind them) are committed
+//! durably.
 
 use std::path::{Path, PathBuf};
 
@@ -123,16 +134,18 @@ impl Store {
 
     /// In one transaction: the `new` alerts, each with one outbox entry per
     /// sink (after a crash every sink still finds them), and the `updated`
-    /// ones (occurrence counts of repeats). Durable when there is a new
-    /// alert — the outbox must hold it before any sink sees it — and
-    /// relaxed otherwise (a crash may forget the last repeats' counts).
+    /// ones (occurrence counts of repeats). Durable when a new alert has no
+    /// event behind it (a table rule's: nothing else could rebuild it);
+    /// relaxed otherwise: an event's alerts are rebuilt from the ledger
+    /// (see the module docs), and a crash may forget the last repeats'
+    /// counts.
     pub fn put_alerts(&self, new: &[Alert], updated: &[Alert], sinks: &[String]) -> Result<(), StoreError> {
         if new.is_empty() && updated.is_empty() {
             return Ok(());
         }
         let p = &self.alerts.path;
         let mut txn = self.alerts.db.begin_write().ctx(p, "starting a transaction")?;
-        if new.is_empty() {
+        if new.iter().all(|a| a.event_seq.is_some()) {
             txn.set_durability(redb::Durability::None).ctx(p, "relaxing durability")?;
         }
         {

@@ -87,11 +87,16 @@ pub enum StoreError {
 /// is written with them, so a crash loses nothing (catch-up re-reads them).
 #[derive(Debug, Default)]
 pub struct PendingBatch {
-    rows: std::collections::HashMap<String, ProcessState>,
+    /// Shared with the in-memory view's rows.
+    rows: std::collections::HashMap<String, std::sync::Arc<ProcessState>>,
     /// (seq, encoded `ProcessEvent` as kept in `process_events`).
     events: Vec<(u64, Vec<u8>)>,
     last_seq: u64,
     since: Option<std::time::Instant>,
+    /// Alert batches handed to the alert writer before this one was staged
+    /// (set by the store writer's handle): a durable commit of this batch
+    /// waits until they are in the alert file.
+    pub(crate) alerts_before: u64,
 }
 
 /// `ev` encoded with `record` as its process, without copying either: the
@@ -120,9 +125,10 @@ fn encode_kept(ev: &ProcessEvent, record: Option<&ProcessRecord>) -> Vec<u8> {
 impl PendingBatch {
     /// Merges `ev` into `before` (the row as the caller knows it, including
     /// events staged earlier) and stages the result with the event. Returns
-    /// the row after the event (`None` for gaps and unknown processes).
-    pub fn stage(&mut self, ev: &ProcessEvent, before: Option<ProcessState>) -> Option<ProcessState> {
-        let after = apply_event(before, ev);
+    /// the row after the event (`None` for gaps and unknown processes),
+    /// shared with the staged copy.
+    pub fn stage(&mut self, ev: &ProcessEvent, before: Option<ProcessState>) -> Option<std::sync::Arc<ProcessState>> {
+        let after = apply_event(before, ev).map(std::sync::Arc::new);
         // Kept with the process as it stood after this event, so a query
         // shows each event's own state (an earlier exec's argv, not the
         // latest one).
@@ -131,7 +137,7 @@ impl PendingBatch {
         if let Some(state) = &after
             && let Some(r) = &state.record
         {
-            self.rows.insert(r.process_key.clone(), state.clone());
+            self.rows.insert(r.process_key.clone(), std::sync::Arc::clone(state));
         }
         self.last_seq = self.last_seq.max(ev.seq);
         self.since.get_or_insert_with(std::time::Instant::now);
@@ -144,6 +150,7 @@ impl PendingBatch {
         self.rows.extend(newer.rows);
         self.events.extend(newer.events);
         self.last_seq = self.last_seq.max(newer.last_seq);
+        self.alerts_before = self.alerts_before.max(newer.alerts_before);
         self.since = match (self.since, newer.since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -177,8 +184,8 @@ pub const STORE_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_mil
 /// was the agent's largest under load: the ledger has every event they came
 /// from, and after a crash the agent re-reads it from the last durable
 /// `last_applied_seq` (at 1,600 exec/s ten seconds are ~50,000 records, a
-/// fraction of a second to re-apply). New alerts and rule state are
-/// committed durably at once, which makes every earlier commit durable too.
+/// fraction of a second to re-apply, raising again the alerts a crash
+/// lost from the alert file; see `alerts`).
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The redb store.
@@ -249,17 +256,16 @@ impl Store {
         self.alerts.path()
     }
 
-    /// Makes a commit of derived state non-durable unless the last durable
-    /// commit is [`DURABLE_EVERY`] old (see there).
-    /// Returns whether it did.
-    fn relax(&self, txn: &mut redb::WriteTransaction) -> Result<bool, StoreError> {
+    /// Whether the next commit of derived state is to be durable: the last
+    /// durable one is [`DURABLE_EVERY`] old (see there). True resets the
+    /// clock.
+    pub fn durable_due(&self) -> bool {
         let mut last = self.last_durable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.elapsed() >= DURABLE_EVERY {
+        let due = last.elapsed() >= DURABLE_EVERY;
+        if due {
             *last = std::time::Instant::now();
-            return Ok(false);
         }
-        txn.set_durability(redb::Durability::None).ctx(&self.path, "relaxing durability")?;
-        Ok(true)
+        due
     }
 
     /// Makes every earlier commit durable (on shutdown: a restart then
@@ -268,6 +274,11 @@ impl Store {
         let txn = self.db.begin_write().ctx(&self.path, "starting a transaction")?;
         txn.commit().ctx(&self.path, "committing")?;
         self.durable();
+        self.alerts.flush()
+    }
+
+    /// Makes every earlier commit to the alert file durable.
+    pub fn flush_alerts(&self) -> Result<(), StoreError> {
         self.alerts.flush()
     }
 
@@ -305,12 +316,27 @@ impl Store {
     /// `last_applied_seq` (a catch-up overlap) are skipped. On error the batch
     /// is kept for the next attempt.
     pub fn write_pending(&self, batch: &mut PendingBatch) -> Result<(), StoreError> {
+        let durable = self.durable_due();
+        self.write_pending_as(batch, durable)
+    }
+
+    /// [`Store::write_pending`], durable or not as the caller says. A
+    /// durable commit makes the alert file durable first: alerts of the
+    /// events it covers are relaxed there, and after a crash only the events
+    /// after the durable `last_applied_seq` are re-applied (and their
+    /// alerts raised again). The caller makes sure those alerts are in the
+    /// alert file by then (the store writer waits for the alert writer).
+    pub fn write_pending_as(&self, batch: &mut PendingBatch, durable: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         let p = &self.path;
         let mut txn = self.db.begin_write().ctx(p, "starting a transaction")?;
-        self.relax(&mut txn)?;
+        if durable {
+            self.alerts.flush()?;
+        } else {
+            txn.set_durability(redb::Durability::None).ctx(p, "relaxing durability")?;
+        }
         {
             let mut meta = txn.open_table(META).ctx(p, "opening meta")?;
             let stored = meta.get("last_applied_seq").ctx(p, "reading meta")?.map_or(0, |v| v.value());
@@ -430,7 +456,7 @@ mod tests {
 
     /// Stages `events` as the pipeline does (each on the row the previous
     /// one left) and writes them; returns the rows after each event.
-    fn stage_and_write(store: &Store, events: &[ProcessEvent]) -> Vec<Option<ProcessState>> {
+    fn stage_and_write(store: &Store, events: &[ProcessEvent]) -> Vec<Option<std::sync::Arc<ProcessState>>> {
         let mut batch = PendingBatch::default();
         let mut rows: std::collections::HashMap<String, ProcessState> = std::collections::HashMap::new();
         let mut out = Vec::new();
@@ -438,7 +464,7 @@ mod tests {
             let key = e.process.as_ref().map(|r| r.process_key.clone()).unwrap_or_default();
             let after = batch.stage(e, rows.get(&key).cloned());
             if let Some(st) = &after {
-                rows.insert(key, st.clone());
+                rows.insert(key, ProcessState::clone(st));
             }
             out.push(after);
         }
