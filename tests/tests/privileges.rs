@@ -375,15 +375,30 @@ fn agent_runs_as_agent_user_without_capabilities_and_keeps_working() {
     let cli_dir = traversable_root();
     let cli = cli_dir.path().join("daemoneye-cli");
     std::fs::copy(bin("daemoneye-cli"), &cli).unwrap();
-    let out = Command::new(&cli)
-        .arg("--data-dir")
-        .arg(agent.data_dir())
-        .args(["health", "--format", "json"])
-        .env_remove("DAEMONEYE_SOCKET")
-        .uid(uid)
-        .gid(gid)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(&cli)
+            .arg("--data-dir")
+            .arg(agent.data_dir())
+            .args(["health", "--format", "json"])
+            .env_remove("DAEMONEYE_SOCKET")
+            .uid(uid)
+            .gid(gid)
+            .output()
+    };
+    // A test running beside this one may fork while the copy is still open
+    // for writing; its child holds that descriptor until it execs, and
+    // until then exec of the copy fails with ETXTBSY.
+    let mut out = run();
+    for _ in 0..50 {
+        match &out {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+                out = run();
+            }
+            _ => break,
+        }
+    }
+    let out = out.unwrap();
     let h: Json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("CLI as nobody: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert!(h["components"].is_array(), "{h}");
