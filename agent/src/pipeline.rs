@@ -414,6 +414,7 @@ fn evaluate_streaming(
 
 /// Runs every enabled table rule once over the current table.
 pub fn evaluate_table_rules(shared: &Shared) {
+    let started = std::time::Instant::now();
     let rules = shared.rules();
     let params = Params::default();
     let mut matches = Vec::new();
@@ -457,6 +458,8 @@ pub fn evaluate_table_rules(shared: &Shared) {
             Some(Match { rule: &lr.rule, rule_index: *r, columns, row, event: None, correlation_id: "" })
         })
         .collect();
+    // The pipeline waits for the table while this runs: worth watching.
+    tracing::debug!(elapsed_us = started.elapsed().as_micros(), "table rules evaluated");
     let mut alerts = shared.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     alerts.expire();
     match alerts.raise_all(&found) {
