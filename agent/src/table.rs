@@ -135,13 +135,17 @@ impl ProcessTable {
 /// first use, so streaming rules never pay for it — recent events and alerts.
 pub struct QueryTables<'a> {
     processes: &'a ProcessTable,
-    store: Option<&'a Store>,
+    store: Option<Rows<'a>>,
     /// `process_events` as given (a table rule's event window); else loaded
     /// from the store on first use.
     given_events: Option<Vec<Arc<[Value]>>>,
-    events: OnceLock<Vec<Vec<Value>>>,
-    alerts: OnceLock<Vec<Vec<Value>>>,
-    load_error: Mutex<Option<StoreError>>,
+}
+
+/// The store's rows a query owns, or shares with the other queries of a
+/// table-rule pass.
+enum Rows<'a> {
+    Owned(StoreRows<'a>),
+    Shared(&'a StoreRows<'a>),
 }
 
 impl std::fmt::Debug for QueryTables<'_> {
@@ -154,33 +158,72 @@ impl<'a> QueryTables<'a> {
     /// Only the process view: `process_events` and `alerts` read as empty
     /// (streaming rules bind `process_events` to the event itself).
     pub fn processes_only(processes: &'a ProcessTable) -> Self {
-        Self::new(processes, None)
+        Self { processes, store: None, given_events: None }
     }
 
     /// The view plus the store's recent events and alerts.
     pub fn with_store(processes: &'a ProcessTable, store: &'a Store) -> Self {
-        Self::new(processes, Some(store))
+        Self { processes, store: Some(Rows::Owned(StoreRows::new(store))), given_events: None }
+    }
+
+    /// The view plus the store's rows as `rows` loads them once for several
+    /// queries (the table-rule pass: each rule takes the view's lock for
+    /// its own query only, so the pipeline never waits for the whole pass).
+    pub fn with_store_rows(processes: &'a ProcessTable, rows: &'a StoreRows<'a>) -> Self {
+        Self { processes, store: Some(Rows::Shared(rows)), given_events: None }
     }
 
     /// The view, these `process_events` rows (a table rule's event window,
     /// see [`crate::event_window`]), and the store's alerts.
     pub fn with_events(processes: &'a ProcessTable, store: &'a Store, events: Vec<Arc<[Value]>>) -> Self {
-        Self { given_events: Some(events), ..Self::new(processes, Some(store)) }
-    }
-
-    fn new(processes: &'a ProcessTable, store: Option<&'a Store>) -> Self {
-        Self {
-            processes,
-            store,
-            given_events: None,
-            events: OnceLock::new(),
-            alerts: OnceLock::new(),
-            load_error: Mutex::new(None),
-        }
+        Self { given_events: Some(events), ..Self::with_store(processes, store) }
     }
 
     /// A store error met while loading events or alerts during the query;
     /// the caller reports it instead of a silently partial result.
+    pub fn take_error(&self) -> Option<StoreError> {
+        self.store_rows().and_then(StoreRows::take_error)
+    }
+
+    fn store_rows(&self) -> Option<&StoreRows<'a>> {
+        match &self.store {
+            Some(Rows::Owned(r)) => Some(r),
+            Some(Rows::Shared(r)) => Some(r),
+            None => None,
+        }
+    }
+
+    fn events(&self) -> &[Vec<Value>] {
+        self.store_rows().map_or(&[], StoreRows::events)
+    }
+
+    fn alerts(&self) -> &[Vec<Value>] {
+        self.store_rows().map_or(&[], StoreRows::alerts)
+    }
+}
+
+/// The store's recent events and alerts as SQL rows, each loaded on first
+/// use.
+pub struct StoreRows<'a> {
+    store: &'a Store,
+    events: OnceLock<Vec<Vec<Value>>>,
+    alerts: OnceLock<Vec<Vec<Value>>>,
+    load_error: Mutex<Option<StoreError>>,
+}
+
+impl std::fmt::Debug for StoreRows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreRows").field("store", &self.store.path()).finish_non_exhaustive()
+    }
+}
+
+impl<'a> StoreRows<'a> {
+    /// Nothing loaded yet.
+    pub fn new(store: &'a Store) -> Self {
+        Self { store, events: OnceLock::new(), alerts: OnceLock::new(), load_error: Mutex::new(None) }
+    }
+
+    /// A store error met while loading (taken: reported once).
     pub fn take_error(&self) -> Option<StoreError> {
         self.load_error.lock().ok().and_then(|mut g| g.take())
     }
@@ -192,29 +235,23 @@ impl<'a> QueryTables<'a> {
     }
 
     fn events(&self) -> &[Vec<Value>] {
-        self.events.get_or_init(|| {
-            let Some(store) = self.store else { return Vec::new() };
-            match store.events(0) {
-                // The store keeps each event with the process as it stood
-                // after it (as a streaming rule saw it), not as it is now.
-                Ok(evs) => evs.iter().map(|ev| event_row(ev, None)).collect(),
-                Err(e) => {
-                    self.record(e);
-                    Vec::new()
-                }
+        self.events.get_or_init(|| match self.store.events(0) {
+            // The store keeps each event with the process as it stood
+            // after it (as a streaming rule saw it), not as it is now.
+            Ok(evs) => evs.iter().map(|ev| event_row(ev, None)).collect(),
+            Err(e) => {
+                self.record(e);
+                Vec::new()
             }
         })
     }
 
     fn alerts(&self) -> &[Vec<Value>] {
-        self.alerts.get_or_init(|| {
-            let Some(store) = self.store else { return Vec::new() };
-            match store.alerts() {
-                Ok(a) => a.iter().map(alert_row).collect(),
-                Err(e) => {
-                    self.record(e);
-                    Vec::new()
-                }
+        self.alerts.get_or_init(|| match self.store.alerts() {
+            Ok(a) => a.iter().map(alert_row).collect(),
+            Err(e) => {
+                self.record(e);
+                Vec::new()
             }
         })
     }
@@ -242,10 +279,11 @@ impl TableProvider for QueryTables<'_> {
     fn row_count_hint(&self, table: Table) -> usize {
         match table {
             Table::Processes => self.processes.rows.len(),
-            Table::ProcessEvents => {
-                self.given_events.as_ref().map_or_else(|| self.events.get().map_or(0, Vec::len), Vec::len)
-            }
-            Table::Alerts => self.alerts.get().map_or(0, Vec::len),
+            Table::ProcessEvents => self
+                .given_events
+                .as_ref()
+                .map_or_else(|| self.store_rows().and_then(|r| r.events.get()).map_or(0, Vec::len), Vec::len),
+            Table::Alerts => self.store_rows().and_then(|r| r.alerts.get()).map_or(0, Vec::len),
         }
     }
 }

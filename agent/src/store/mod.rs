@@ -271,10 +271,13 @@ impl Store {
     /// Makes every earlier commit durable (on shutdown: a restart then
     /// needs no catch-up).
     pub fn flush(&self) -> Result<(), StoreError> {
+        // The alert file first: a durable seq must not pass relaxed alerts
+        // (see `alerts`).
+        self.alerts.flush()?;
         let txn = self.db.begin_write().ctx(&self.path, "starting a transaction")?;
         txn.commit().ctx(&self.path, "committing")?;
         self.durable();
-        self.alerts.flush()
+        Ok(())
     }
 
     /// Makes every earlier commit to the alert file durable.
