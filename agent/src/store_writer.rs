@@ -236,7 +236,7 @@ fn write(shared: &Shared, progress: &AlertProgress, mut batch: PendingBatch) -> 
         tracing::warn!("the alert writer is behind; this store commit stays relaxed");
         durable = false;
     }
-    match shared.store.write_pending_as(&mut batch, durable) {
+    match shared.store.write_pending(&mut batch, durable) {
         Ok(()) => None,
         Err(e) if batch.len() > MAX_PENDING_ON_ERROR => {
             tracing::error!(error = %e, events = batch.len(), "the store keeps refusing writes; dropping staged state (the ledger has it: restart the agent to catch up)");

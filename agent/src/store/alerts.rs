@@ -23,7 +23,7 @@
 //! them as well: they follow from events, and the store's durable
 //! `last_applied_seq` never passes an event whose alerts are not durable
 //! here (the store writer makes this file durable first, see
-//! [`Store::write_pending_as`]). After a crash the agent re-applies the
+//! [`Store::write_pending`]). After a crash the agent re-applies the
 //! events after that seq and raises their lost alerts again, with the same
 //! ids (see `alerts`). An alert is therefore committed here before any sink
 //! sees it, and survives an agent crash, without an fsync on the way from

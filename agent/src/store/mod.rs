@@ -318,18 +318,14 @@ impl Store {
     /// `last_applied_seq`, and empties it. Events at or below the stored
     /// `last_applied_seq` (a catch-up overlap) are skipped. On error the batch
     /// is kept for the next attempt.
-    pub fn write_pending(&self, batch: &mut PendingBatch) -> Result<(), StoreError> {
-        let durable = self.durable_due();
-        self.write_pending_as(batch, durable)
-    }
-
-    /// [`Store::write_pending`], durable or not as the caller says. A
-    /// durable commit makes the alert file durable first: alerts of the
+    ///
+    /// Durable when `durable` (see [`Store::durable_due`]); a durable
+    /// commit makes the alert file durable first: alerts of the
     /// events it covers are relaxed there, and after a crash only the events
     /// after the durable `last_applied_seq` are re-applied (and their
     /// alerts raised again). The caller makes sure those alerts are in the
     /// alert file by then (the store writer waits for the alert writer).
-    pub fn write_pending_as(&self, batch: &mut PendingBatch, durable: bool) -> Result<(), StoreError> {
+    pub fn write_pending(&self, batch: &mut PendingBatch, durable: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -471,7 +467,7 @@ mod tests {
             }
             out.push(after);
         }
-        store.write_pending(&mut batch).unwrap();
+        store.write_pending(&mut batch, false).unwrap();
         assert!(batch.is_empty());
         out
     }
