@@ -63,6 +63,8 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(&opts)?;
     init_from_config(&config.general).map_err(anyhow::Error::msg)?;
+    // Before any thread starts: they all inherit it.
+    daemoneye_lib::daemon::request_latency_slice(config.general.latency_slice);
     // agent.user: resolved and prepared while the agent has one thread (see
     // `privileges`); the drop itself comes once procmond runs.
     let drop_plan = DropPlan::resolve(&config.agent).context("checking agent.user")?;
@@ -132,6 +134,8 @@ async fn run(config: Config, args: Args, drop_plan: Option<Arc<DropPlan>>) -> an
         ledger_dir: config.ledger_dir(),
         process_retention: config.agent.process_retention,
         event_retention: config.agent.event_retention,
+        max_exited_processes: config.agent.max_exited_processes,
+        max_events: config.agent.max_events,
         batch_size: config.agent.batch_size.max(1),
     });
 

@@ -79,6 +79,10 @@ pub struct Shared {
     pub process_retention: Duration,
     /// Retention of events.
     pub event_retention: Duration,
+    /// Exited processes kept at most.
+    pub max_exited_processes: usize,
+    /// Events kept at most.
+    pub max_events: u64,
     /// Largest store batch.
     pub batch_size: usize,
 }

@@ -211,7 +211,7 @@ fn run(shared: &Shared, progress: &AlertProgress, mut rx: mpsc::Receiver<Pending
             batch.absorb(b);
         }
         retry = write(shared, progress, batch);
-        if last_prune.elapsed() >= PRUNE_EVERY && retry.is_none() {
+        if (last_prune.elapsed() >= PRUNE_EVERY || exited_over_cap(shared)) && retry.is_none() {
             prune(shared);
             last_prune = Instant::now();
         }
@@ -271,17 +271,33 @@ fn raise(shared: &Shared, matches: &[OwnedMatch]) {
     }
 }
 
+/// Whether the view holds an eighth more exited processes than the cap:
+/// prune now rather than at the next interval (a few rows over the cap
+/// wait, so that a prune is not one transaction per row).
+fn exited_over_cap(shared: &Shared) -> bool {
+    let cap = shared.max_exited_processes;
+    let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    table.exited_len() > cap.saturating_add(cap / 8)
+}
+
 fn prune(shared: &Shared) {
     let now = now_ns();
     let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    match shared.store.prune(now - ns(shared.process_retention), now - ns(shared.event_retention)) {
+    // The view chooses (it keeps the exited rows in exit order); the store
+    // removes those it still holds as exited, and the view follows it.
+    let doomed = shared
+        .table
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .prunable(now - ns(shared.process_retention), shared.max_exited_processes);
+    match shared.store.prune(&doomed, now - ns(shared.event_retention), shared.max_events) {
         Ok(removed) => {
             let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for k in &removed {
                 table.remove(k);
             }
             if !removed.is_empty() {
-                tracing::debug!(removed = removed.len(), "pruned exited processes");
+                tracing::debug!(removed = removed.len(), exited = table.exited_len(), "pruned exited processes");
             }
         }
         Err(e) => tracing::warn!(error = %e, "pruning the store failed"),

@@ -5,7 +5,7 @@
 //! `AppliedBatch`); on start it is rebuilt from the store.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use daemoneye_lib::detection::schema::{alert_row, event_row, process_row};
@@ -28,6 +28,8 @@ pub struct ProcessTable {
     rows: HashMap<String, Entry>,
     by_pid: HashMap<u32, Vec<String>>,
     by_parent: HashMap<String, Vec<String>>,
+    /// Exited rows by (exit time, key), oldest first: what pruning takes.
+    exited: BTreeSet<(i64, String)>,
 }
 
 impl std::fmt::Debug for ProcessTable {
@@ -72,6 +74,16 @@ impl ProcessTable {
                 self.by_parent.entry(parent.clone()).or_default().push(key.clone());
             }
         }
+        let old_exit = self.rows.get(&key).and_then(|e| exited_at(&e.state));
+        let new_exit = exited_at(&state);
+        if old_exit != new_exit {
+            if let Some(t) = old_exit {
+                self.exited.remove(&(t, key.clone()));
+            }
+            if let Some(t) = new_exit {
+                self.exited.insert((t, key.clone()));
+            }
+        }
         let row = process_row(&state);
         self.rows.insert(key, Entry { state, row });
     }
@@ -82,7 +94,28 @@ impl ProcessTable {
             && let Some(r) = &old.state.record
         {
             self.unindex(key, r.pid, r.parent_key.as_deref());
+            if let Some(t) = exited_at(&old.state) {
+                self.exited.remove(&(t, key.to_owned()));
+            }
         }
+    }
+
+    /// Exited rows to prune, oldest exit first: those that exited before
+    /// `exited_before_ns`, and then as many more as keep at most
+    /// `max_exited` exited rows.
+    pub fn prunable(&self, exited_before_ns: i64, max_exited: usize) -> Vec<String> {
+        let over_cap = self.exited.len().saturating_sub(max_exited);
+        self.exited
+            .iter()
+            .enumerate()
+            .take_while(|(i, (t, _))| *i < over_cap || *t < exited_before_ns)
+            .map(|(_, (_, k))| k.clone())
+            .collect()
+    }
+
+    /// Exited rows held.
+    pub fn exited_len(&self) -> usize {
+        self.exited.len()
     }
 
     fn unindex(&mut self, key: &str, pid: u32, parent: Option<&str>) {
@@ -129,6 +162,12 @@ impl ProcessTable {
             _ => None,
         }
     }
+}
+
+/// When a row's process exited (`None`: alive). An exit always carries its
+/// time; a row without one sorts first.
+fn exited_at(state: &ProcessState) -> Option<i64> {
+    (!state.is_alive).then(|| state.record.as_ref().and_then(|r| r.exit_time_ns).unwrap_or(i64::MIN))
 }
 
 /// What a query sees: the live process view, and — loaded from the store on
@@ -322,5 +361,33 @@ mod tests {
         assert_eq!(q.lookup(Table::Processes, pid, &Value::Integer(2)).unwrap().len(), 1);
         assert_eq!(q.scan(Table::Processes).count(), 1);
         assert_eq!(t.counts(), (1, 1));
+    }
+
+    fn exited(key: &str, at: i64) -> Arc<ProcessState> {
+        let mut s = st(key, 9, None);
+        s.is_alive = false;
+        if let Some(r) = s.record.as_mut() {
+            r.exit_time_ns = Some(at);
+        }
+        Arc::new(s)
+    }
+
+    #[test]
+    fn pruning_takes_the_oldest_exits_by_age_then_by_count() {
+        let mut t = ProcessTable::from_states(vec![st("live", 1, None)]);
+        for (k, at) in [("e30", 30), ("e10", 10), ("e20", 20), ("e40", 40)] {
+            t.upsert(exited(k, at));
+        }
+        assert_eq!(t.exited_len(), 4);
+        assert_eq!(t.prunable(25, 10), ["e10", "e20"], "older than the cut-off");
+        assert_eq!(t.prunable(0, 1), ["e10", "e20", "e30"], "over the cap, oldest first");
+        assert!(t.prunable(0, 4).is_empty());
+        // A row that comes back to life (pid reuse under one key cannot
+        // happen, but a late exec merge can) or goes away leaves the order.
+        t.upsert(Arc::new(st("e10", 9, None)));
+        t.remove("e20");
+        assert_eq!(t.prunable(35, 10), ["e30"]);
+        assert_eq!(t.exited_len(), 2);
+        assert_eq!(t.counts(), (2, 4), "rows alive again are not exited");
     }
 }

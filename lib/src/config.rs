@@ -60,6 +60,10 @@ pub struct Config {
     pub ledger: LedgerConfig,
 }
 
+/// The range of `general.latency_slice` the kernel takes (it clamps to it).
+const MIN_LATENCY_SLICE: Duration = Duration::from_micros(100);
+const MAX_LATENCY_SLICE: Duration = Duration::from_millis(100);
+
 /// `[general]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +76,10 @@ pub struct GeneralConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// The scheduler time slice both daemons ask for (0: the kernel's
+    /// default); see [`crate::daemon::request_latency_slice`].
+    #[serde(with = "humantime_serde")]
+    pub latency_slice: Duration,
 }
 
 /// The kernel telemetry backend procmond uses.
@@ -173,6 +181,11 @@ pub struct AgentConfig {
     /// How long events stay queryable.
     #[serde(with = "humantime_serde")]
     pub event_retention: Duration,
+    /// Exited processes kept at most, whatever their age (the longest
+    /// exited go first).
+    pub max_exited_processes: usize,
+    /// Events kept at most, whatever their age (the oldest go first).
+    pub max_events: u64,
     /// Serve Prometheus metrics on `GET /metrics` at this loopback address
     /// (absent: no listener; `daemoneye-cli metrics` works either way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +319,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "agent.metrics_listen = \"{addr}\": not a loopback address; the metrics listener serves this \
                  host only (use 127.0.0.1:PORT or [::1]:PORT)"
+            )));
+        }
+        let slice = config.general.latency_slice;
+        if !slice.is_zero() && !(MIN_LATENCY_SLICE..=MAX_LATENCY_SLICE).contains(&slice) {
+            return Err(ConfigError::Invalid(format!(
+                "general.latency_slice = {slice:?}: outside what the scheduler accepts; use 0s (the kernel's \
+                 default) or a value from 100us to 100ms"
             )));
         }
         Ok(config)
@@ -521,6 +541,22 @@ mod tests {
         std::fs::write(&file, "[agent]\nprocess_retention = \"soon\"\n").unwrap();
         let err = Config::load(&opts).unwrap_err().to_string();
         assert!(err.contains("agent.process_retention"), "{err}");
+    }
+
+    #[test]
+    fn a_latency_slice_the_scheduler_would_not_take_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slice.toml");
+        let opts = LoadOptions { config_file: Some(file.clone()), ..Default::default() };
+        for ok in ["0s", "100us", "2ms", "100ms"] {
+            std::fs::write(&file, format!("[general]\nlatency_slice = \"{ok}\"\n")).unwrap();
+            assert!(Config::load(&opts).is_ok(), "{ok}");
+        }
+        for bad in ["50us", "1s"] {
+            std::fs::write(&file, format!("[general]\nlatency_slice = \"{bad}\"\n")).unwrap();
+            let err = Config::load(&opts).unwrap_err().to_string();
+            assert!(err.contains("general.latency_slice") && err.contains("100us to 100ms"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! - [`replay`] (feature `detection`): offline forensics over a ledger copy:
 //!   the table as of a time, and rules re-run over a range as if live.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
-//! - `daemon` (feature `daemon`): the stop signal both daemons wait for, and
-//!   the task that returns freed memory to the OS.
+//! - `daemon` (feature `daemon`): the stop signal both daemons wait for, the
+//!   task that returns freed memory to the OS, and the scheduler slice they
+//!   ask for.
 
 #[cfg(feature = "detection")]
 pub mod alerting;

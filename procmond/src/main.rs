@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(&opts)?;
     init_from_config(&config.general).map_err(anyhow::Error::msg)?;
+    // Before any thread starts: they all inherit it.
+    daemoneye_lib::daemon::request_latency_slice(config.general.latency_slice);
     if args.sandbox_self_test {
         return sandbox::self_test(config.procmond.backend.as_str());
     }

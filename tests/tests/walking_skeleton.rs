@@ -140,3 +140,59 @@ fn killed_procmond_is_restarted() {
     });
     assert!(ok.is_some(), "health did not return to healthy:\n{}", agent.stderr());
 }
+
+/// `agent.max_exited_processes` holds whatever `process_retention` says: a
+/// busy host must not keep every process of the last ten minutes. Two waves
+/// of 30 processes exit one after the other under a cap of 20: the first
+/// wave leaves the table entirely, the table never holds more than the cap
+/// and its eighth of slack, and live processes are never touched.
+#[test]
+fn exited_processes_beyond_the_cap_leave_the_table_oldest_first() {
+    let agent = Agent::start(AgentOptions {
+        backend: "poll".into(),
+        env: vec![
+            ("DAEMONEYE_PROCMOND__POLL_INTERVAL".into(), "200ms".into()),
+            ("DAEMONEYE_AGENT__MAX_EXITED_PROCESSES".into(), "20".into()),
+        ],
+        ..Default::default()
+    });
+    let bin_dir = tempfile::tempdir().unwrap();
+    let names = [marker("capa"), marker("capb"), marker("capl")];
+    let exes: Vec<_> =
+        names.iter().map(|n| copy_executable(std::path::Path::new("/bin/sleep"), bin_dir.path(), n)).collect();
+    let spawn = |exe: &std::path::Path, n: usize| -> Vec<daemoneye_tests::Reaped> {
+        (0..n).map(|_| daemoneye_tests::Reaped(daemoneye_tests::spawn_retrying(Command::new(exe).arg("600")))).collect()
+    };
+    let count = |name: &str, alive: bool| -> i64 {
+        let sql =
+            format!("SELECT count(*) AS n FROM processes WHERE name = '{name}' AND is_alive = {}", i32::from(alive));
+        agent.query(&sql).first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
+    };
+    let settle = |what: &str, f: &dyn Fn() -> bool| {
+        assert!(
+            wait_for(Duration::from_secs(30), || f().then_some(())).is_some(),
+            "{what}; stderr:\n{}",
+            agent.stderr()
+        );
+    };
+
+    let (first, second, live) = (&names[0], &names[1], &names[2]);
+    let _live = spawn(&exes[2], 5);
+    let wave_a = spawn(&exes[0], 30);
+    let wave_b = spawn(&exes[1], 30);
+    settle("every process in the table", &|| {
+        count(first, true) == 30 && count(second, true) == 30 && count(live, true) == 5
+    });
+
+    drop(wave_a); // killed and reaped
+    settle("the first wave exited, and pruned to the cap", &|| count(first, true) == 0 && count(first, false) <= 22);
+    drop(wave_b);
+    settle("the second wave exited", &|| count(second, true) == 0 && count(second, false) > 0);
+    settle("the first wave pruned first", &|| count(first, false) == 0);
+
+    let exited = agent.query("SELECT count(*) AS n FROM processes WHERE is_alive = 0");
+    let exited = exited.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1);
+    assert!((1..=22).contains(&exited), "{exited} exited rows, cap 20 (+2 slack)");
+    assert!(count(second, false) >= 15, "the newest exits stay: {} of the second wave", count(second, false));
+    assert_eq!(count(live, true), 5, "live processes are never pruned");
+}

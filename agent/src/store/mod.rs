@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use daemoneye_lib::models::apply_event;
 use daemoneye_lib::proto::{ProcessEvent, ProcessRecord, ProcessState};
 use prost::Message;
-use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
 const BY_PID: MultimapTableDefinition<u32, &str> = MultimapTableDefinition::new("processes_by_pid");
@@ -365,48 +367,52 @@ impl Store {
         Ok(())
     }
 
-    /// Removes exited processes whose exit is older than `exited_before_ns`
-    /// and events older than `events_before_ns`. Returns the removed keys.
-    pub fn prune(&self, exited_before_ns: i64, events_before_ns: i64) -> Result<Vec<String>, StoreError> {
+    /// Removes the processes named (those the view found prunable, see
+    /// `ProcessTable::prunable`) that are still exited here, then events
+    /// older than `events_before_ns` and, oldest first, beyond `max_events`.
+    /// Returns the keys of the processes removed.
+    pub fn prune(&self, exited: &[String], events_before_ns: i64, max_events: u64) -> Result<Vec<String>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_write().ctx(p, "starting a transaction")?;
-        let mut removed = Vec::new();
+        let mut removed = Vec::with_capacity(exited.len());
         {
             let mut procs = txn.open_table(PROCESSES).ctx(p, "opening processes")?;
             let mut by_pid = txn.open_multimap_table(BY_PID).ctx(p, "opening index")?;
             let mut by_parent = txn.open_multimap_table(BY_PARENT).ctx(p, "opening index")?;
-            let mut doomed = Vec::new();
-            for item in procs.iter().ctx(p, "reading processes")? {
-                let (k, v) = item.ctx(p, "reading processes")?;
-                let st = self.decode::<ProcessState>("processes", k.value(), v.value())?;
-                let exit = st.record.as_ref().and_then(|r| r.exit_time_ns);
-                if !st.is_alive && exit.is_some_and(|t| t < exited_before_ns) {
-                    doomed.push(st);
-                }
-            }
-            for st in doomed {
-                let Some(r) = st.record else { continue };
-                procs.remove(r.process_key.as_str()).ctx(p, "removing a process")?;
-                by_pid.remove(r.pid, r.process_key.as_str()).ctx(p, "updating index")?;
+            for key in exited {
+                let Some(bytes) = procs.get(key.as_str()).ctx(p, "reading processes")?.map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let st = self.decode::<ProcessState>("processes", key, &bytes)?;
+                // Alive again since the view looked: not ours to remove.
+                let Some(r) = st.record.filter(|_| !st.is_alive) else { continue };
+                procs.remove(key.as_str()).ctx(p, "removing a process")?;
+                by_pid.remove(r.pid, key.as_str()).ctx(p, "updating index")?;
                 if let Some(parent) = &r.parent_key {
-                    by_parent.remove(parent.as_str(), r.process_key.as_str()).ctx(p, "updating index")?;
+                    by_parent.remove(parent.as_str(), key.as_str()).ctx(p, "updating index")?;
                 }
-                removed.push(r.process_key);
+                removed.push(key.clone());
             }
             let mut evs = txn.open_table(EVENTS).ctx(p, "opening process_events")?;
+            let mut over_cap = evs.len().ctx(p, "counting process_events")?.saturating_sub(max_events);
             // Events are in seq order, which is time order for one ledger:
-            // stop at the first event inside the window.
-            let mut old = Vec::new();
-            for item in evs.iter().ctx(p, "reading process_events")? {
-                let (k, v) = item.ctx(p, "reading process_events")?;
-                let ev = self.decode::<ProcessEvent>("process_events", &k.value().to_string(), v.value())?;
-                if ev.event_time_ns >= events_before_ns {
+            // stop at the first event inside the window and under the cap.
+            loop {
+                let Some((seq, time)) = (match evs.first().ctx(p, "reading process_events")? {
+                    Some((k, v)) => {
+                        let ev = self.decode::<ProcessEvent>("process_events", &k.value().to_string(), v.value())?;
+                        Some((k.value(), ev.event_time_ns))
+                    }
+                    None => None,
+                }) else {
+                    break;
+                };
+                if over_cap == 0 && time >= events_before_ns {
                     break;
                 }
-                old.push(k.value());
-            }
-            for seq in old {
                 evs.remove(seq).ctx(p, "removing an event")?;
+                over_cap = over_cap.saturating_sub(1);
             }
         }
         txn.commit().ctx(p, "committing the prune")?;
@@ -539,9 +545,12 @@ mod tests {
             &store,
             &[ev(1, EventType::Exec, "a", 10), ev(2, EventType::Exit, "a", 10), ev(3, EventType::Exec, "b", 11)],
         );
-        let removed = store.prune(2_500_000_000, 1_500_000_000).unwrap();
-        assert_eq!(removed, vec!["a".to_string()]);
+        let keys = ["a".to_string(), "b".to_string(), "gone".to_string()];
+        let removed = store.prune(&keys, 1_500_000_000, 10).unwrap();
+        assert_eq!(removed, vec!["a".to_string()], "b is alive, gone was never there");
         assert_eq!(store.load_processes().unwrap().len(), 1);
         assert_eq!(store.events(0).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        store.prune(&[], 0, 1).unwrap();
+        assert_eq!(store.events(0).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3], "over the cap");
     }
 }

@@ -153,7 +153,11 @@ impl<'a> Walk<'a> {
     fn next_record(&mut self) -> Result<Option<LedgerRecord>, ReplayError> {
         let Some(rec) = self.iter.next().transpose()? else { return Ok(None) };
         let first = *self.last_prune_ns.get_or_insert(rec.time_ns);
-        if rec.time_ns.saturating_sub(first) >= duration_ns(PRUNE_EVERY) {
+        let cap = self.opts.max_exited_processes;
+        // As the agent: every interval, or at once well over the cap.
+        if rec.time_ns.saturating_sub(first) >= duration_ns(PRUNE_EVERY)
+            || self.table.exited_len() > cap.saturating_add(cap / 8)
+        {
             self.prune(rec.time_ns);
         }
         self.last_time_ns = Some(self.last_time_ns.map_or(rec.time_ns, |t| t.max(rec.time_ns)));
@@ -200,6 +204,8 @@ impl<'a> Walk<'a> {
         self.table.prune(
             now_ns.saturating_sub(duration_ns(o.process_retention)),
             now_ns.saturating_sub(duration_ns(o.event_retention)),
+            o.max_exited_processes,
+            o.max_events,
         );
     }
 }

@@ -54,6 +54,10 @@ pub struct ReplayOptions {
     pub process_retention: Duration,
     /// How long events stay in `process_events`.
     pub event_retention: Duration,
+    /// Exited processes kept at most.
+    pub max_exited_processes: usize,
+    /// Events kept at most.
+    pub max_events: usize,
     /// Per-query bounds.
     pub limits: Limits,
 }
@@ -65,6 +69,8 @@ impl Default for ReplayOptions {
             table_interval: Duration::from_secs(5),
             process_retention: Duration::from_secs(600),
             event_retention: Duration::from_secs(3600),
+            max_exited_processes: 50_000,
+            max_events: 1_000_000,
             limits: Limits::default(),
         }
     }
@@ -78,6 +84,8 @@ impl ReplayOptions {
             table_interval: config.rules.table_interval,
             process_retention: config.agent.process_retention,
             event_retention: config.agent.event_retention,
+            max_exited_processes: config.agent.max_exited_processes,
+            max_events: usize::try_from(config.agent.max_events).unwrap_or(usize::MAX),
             limits: Limits {
                 timeout: config.rules.query_timeout,
                 max_rows: config.rules.max_rows,

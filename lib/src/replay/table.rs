@@ -30,6 +30,8 @@ pub struct ReplayTable {
     events: VecDeque<ProcessEvent>,
     /// Alerts raised so far (by replay), for table rules reading `alerts`.
     alerts: Vec<Alert>,
+    /// Rows of exited processes.
+    exited: usize,
 }
 
 impl ReplayTable {
@@ -78,24 +80,37 @@ impl ReplayTable {
         self.alerts.push(alert);
     }
 
-    /// Removes exited processes whose exit is before `exited_before_ns` and
-    /// events before `events_before_ns`, like the agent's periodic prune.
-    pub fn prune(&mut self, exited_before_ns: i64, events_before_ns: i64) {
-        let doomed: Vec<String> = self
+    /// Removes exited processes whose exit is before `exited_before_ns`,
+    /// then the longest exited beyond `max_exited`, and events before
+    /// `events_before_ns`, then the oldest beyond `max_events`: like the
+    /// agent's prune.
+    pub fn prune(&mut self, exited_before_ns: i64, events_before_ns: i64, max_exited: usize, max_events: usize) {
+        let mut exited: Vec<(i64, &String)> = self
             .rows
             .iter()
-            .filter(|(_, e)| {
-                !e.state.is_alive
-                    && e.state.record.as_ref().and_then(|r| r.exit_time_ns).is_some_and(|t| t < exited_before_ns)
-            })
-            .map(|(k, _)| k.clone())
+            .filter(|(_, e)| !e.state.is_alive)
+            .map(|(k, e)| (e.state.record.as_ref().and_then(|r| r.exit_time_ns).unwrap_or(i64::MIN), k))
+            .collect();
+        exited.sort_unstable();
+        let over_cap = exited.len().saturating_sub(max_exited);
+        let doomed: Vec<String> = exited
+            .iter()
+            .enumerate()
+            .take_while(|(i, (t, _))| *i < over_cap || *t < exited_before_ns)
+            .map(|(_, (_, k))| (*k).clone())
             .collect();
         for k in doomed {
             self.remove(&k);
         }
-        while self.events.front().is_some_and(|e| e.event_time_ns < events_before_ns) {
+        while self.events.front().is_some_and(|e| e.event_time_ns < events_before_ns || self.events.len() > max_events)
+        {
             self.events.pop_front();
         }
+    }
+
+    /// Rows of exited processes.
+    pub fn exited_len(&self) -> usize {
+        self.exited
     }
 
     fn upsert(&mut self, state: ProcessState) {
@@ -107,12 +122,16 @@ impl ReplayTable {
             self.by_parent.entry(parent.clone()).or_default().push(key.clone());
         }
         let row = process_row(&state);
+        let was_exited = self.rows.get(&key).is_some_and(|e| !e.state.is_alive);
+        self.exited = self.exited + usize::from(!state.is_alive) - usize::from(was_exited);
         self.rows.insert(key, Entry { state, row });
     }
 
     fn remove(&mut self, key: &str) {
         self.unindex(key);
-        self.rows.remove(key);
+        if self.rows.remove(key).is_some_and(|e| !e.state.is_alive) {
+            self.exited -= 1;
+        }
     }
 
     fn unindex(&mut self, key: &str) {

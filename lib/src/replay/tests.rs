@@ -129,6 +129,12 @@ fn state_at_is_the_ledger_prefix_up_to_that_time() {
     assert_eq!(alive(&st), vec![("d".into(), true), ("o".into(), true), ("p".into(), true)]);
     // Events in the retention window are queryable.
     assert_eq!(st.table.row_count_hint(crate::detection::Table::ProcessEvents), 6);
+    // The caps hold whatever the retention, as in the agent: no exited row
+    // beyond 0, the newest 2 events.
+    let capped = ReplayOptions { max_exited_processes: 0, max_events: 2, ..o };
+    let st = state_at(&fx.dir, fx.at(9), &capped).unwrap();
+    assert_eq!(alive(&st), vec![("d".into(), true), ("o".into(), true), ("p".into(), true)]);
+    assert_eq!(st.table.row_count_hint(crate::detection::Table::ProcessEvents), 2);
 }
 
 #[test]
