@@ -94,17 +94,18 @@ fn trim() {}
 /// keeps its own), and the thread keeps its nice value. Older kernels
 /// ignore the slice; failure is logged, never fatal.
 pub fn request_latency_slice(slice: Duration) {
-    if slice.is_zero() {
-        return;
-    }
     #[cfg(target_os = "linux")]
-    match set_slice(slice) {
-        Ok(true) => tracing::debug!(?slice, "scheduler slice requested"),
-        Ok(false) => tracing::debug!("not on the normal scheduling policy: scheduler slice left alone"),
-        Err(e) => {
-            tracing::warn!(error = %e, ?slice, "could not request the scheduler slice; latency under load may be higher")
+    if !slice.is_zero() {
+        match set_slice(slice) {
+            Ok(true) => tracing::debug!(?slice, "scheduler slice requested"),
+            Ok(false) => tracing::debug!("not on the normal scheduling policy: scheduler slice left alone"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?slice, "could not request the scheduler slice; latency under load may be higher");
+            }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = slice;
 }
 
 /// `Ok(false)`: the thread is not on `SCHED_OTHER`.

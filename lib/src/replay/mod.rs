@@ -69,7 +69,7 @@ impl Default for ReplayOptions {
             table_interval: Duration::from_secs(5),
             process_retention: Duration::from_secs(600),
             event_retention: Duration::from_secs(3600),
-            max_exited_processes: 50_000,
+            max_exited_processes: 20_000,
             max_events: 1_000_000,
             limits: Limits::default(),
         }
