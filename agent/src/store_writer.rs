@@ -271,13 +271,10 @@ fn raise(shared: &Shared, matches: &[OwnedMatch]) {
     }
 }
 
-/// Whether the view holds an eighth more exited processes than the cap:
-/// prune now rather than at the next interval (a few rows over the cap
-/// wait, so that a prune is not one transaction per row).
+/// Whether the view is far enough over `max_exited_processes` to prune now.
 fn exited_over_cap(shared: &Shared) -> bool {
-    let cap = shared.max_exited_processes;
     let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    table.exited_len() > cap.saturating_add(cap / 8)
+    daemoneye_lib::models::retention::over_cap(table.exited_len(), shared.max_exited_processes)
 }
 
 fn prune(shared: &Shared) {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use daemoneye_lib::detection::schema::{alert_row, event_row, process_row};
 use daemoneye_lib::detection::{RowRef, Table, TableProvider, Value};
+use daemoneye_lib::models::retention::{self, exited_at};
 use daemoneye_lib::proto::ProcessState;
 
 use crate::store::{Store, StoreError};
@@ -104,13 +105,8 @@ impl ProcessTable {
     /// `exited_before_ns`, and then as many more as keep at most
     /// `max_exited` exited rows.
     pub fn prunable(&self, exited_before_ns: i64, max_exited: usize) -> Vec<String> {
-        let over_cap = self.exited.len().saturating_sub(max_exited);
-        self.exited
-            .iter()
-            .enumerate()
-            .take_while(|(i, (t, _))| *i < over_cap || *t < exited_before_ns)
-            .map(|(_, (_, k))| k.clone())
-            .collect()
+        let oldest_first = self.exited.iter().map(|(t, k)| (*t, k));
+        retention::to_prune(oldest_first, self.exited.len(), exited_before_ns, max_exited)
     }
 
     /// Exited rows held.
@@ -162,12 +158,6 @@ impl ProcessTable {
             _ => None,
         }
     }
-}
-
-/// When a row's process exited (`None`: alive). An exit always carries its
-/// time; a row without one sorts first.
-fn exited_at(state: &ProcessState) -> Option<i64> {
-    (!state.is_alive).then(|| state.record.as_ref().and_then(|r| r.exit_time_ns).unwrap_or(i64::MIN))
 }
 
 /// What a query sees: the live process view, and — loaded from the store on

@@ -1,4 +1,5 @@
-//! Process identity, time conversion and the delta-merge rule.
+//! Process identity, time conversion, the delta-merge rule and which
+//! exited processes the table drops.
 //!
 //! *Architecture invariant:* process identity is the [`ProcessKey`], never the
 //! bare pid. Kernel times are nanoseconds; SQL-visible times are Unix
@@ -7,6 +8,7 @@
 mod alert;
 mod key;
 mod merge;
+pub mod retention;
 pub mod time;
 
 pub use alert::{ALERT_FIELDS, alert_json, parse_severity, severity_name};

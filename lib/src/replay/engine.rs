@@ -153,10 +153,9 @@ impl<'a> Walk<'a> {
     fn next_record(&mut self) -> Result<Option<LedgerRecord>, ReplayError> {
         let Some(rec) = self.iter.next().transpose()? else { return Ok(None) };
         let first = *self.last_prune_ns.get_or_insert(rec.time_ns);
-        let cap = self.opts.max_exited_processes;
         // As the agent: every interval, or at once well over the cap.
         if rec.time_ns.saturating_sub(first) >= duration_ns(PRUNE_EVERY)
-            || self.table.exited_len() > cap.saturating_add(cap / 8)
+            || crate::models::retention::over_cap(self.table.exited_len(), self.opts.max_exited_processes)
         {
             self.prune(rec.time_ns);
         }

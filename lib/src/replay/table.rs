@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::detection::schema::{alert_row, event_row, process_row};
 use crate::detection::{RowRef, Table, TableProvider, Value};
 use crate::models::apply_event;
+use crate::models::retention::{exited_at, to_prune};
 use crate::proto::{Alert, ProcessEvent, ProcessState};
 
 #[derive(Debug, Clone)]
@@ -85,20 +86,10 @@ impl ReplayTable {
     /// `events_before_ns`, then the oldest beyond `max_events`: like the
     /// agent's prune.
     pub fn prune(&mut self, exited_before_ns: i64, events_before_ns: i64, max_exited: usize, max_events: usize) {
-        let mut exited: Vec<(i64, &String)> = self
-            .rows
-            .iter()
-            .filter(|(_, e)| !e.state.is_alive)
-            .map(|(k, e)| (e.state.record.as_ref().and_then(|r| r.exit_time_ns).unwrap_or(i64::MIN), k))
-            .collect();
+        let mut exited: Vec<(i64, &String)> =
+            self.rows.iter().filter_map(|(k, e)| exited_at(&e.state).map(|t| (t, k))).collect();
         exited.sort_unstable();
-        let over_cap = exited.len().saturating_sub(max_exited);
-        let doomed: Vec<String> = exited
-            .iter()
-            .enumerate()
-            .take_while(|(i, (t, _))| *i < over_cap || *t < exited_before_ns)
-            .map(|(_, (_, k))| (*k).clone())
-            .collect();
+        let doomed = to_prune(exited.iter().copied(), exited.len(), exited_before_ns, max_exited);
         for k in doomed {
             self.remove(&k);
         }
