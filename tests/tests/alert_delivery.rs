@@ -249,6 +249,48 @@ fn webhook_gets_every_alert_through_failures_and_downtime() {
 }
 
 #[test]
+fn a_full_sink_queue_delivers_every_alert_once_from_the_outbox() {
+    const ALERTS: usize = 6;
+    let m = marker("dq");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // The receiver is down at first: the worker retries the first alert
+    // while the others fill its one-slot queue and overflow to the outbox.
+    let receiver = Receiver::up(0, 0, Arc::clone(&seen));
+    let port = receiver.port;
+    receiver.down();
+    let root = tempfile::Builder::new().prefix("daemoneye-e2e").tempdir().unwrap();
+    let config = format!("{}queue_capacity = 1\n", webhook_config(port));
+    let config = write_config(root.path(), &config);
+    let agent = Agent::start_in(root, options(&m), &["--config", config.to_str().unwrap()]);
+    let (_first_dir, mut first) = run_markers(&m, 1, 5);
+    wait_for(Duration::from_secs(30), || agent.stderr().contains("alert delivery failed").then_some(()))
+        .unwrap_or_else(|| panic!("the first alert was never attempted; stderr:\n{}", agent.stderr()));
+    // The worker holds the first alert: the next one waits in the queue
+    // (and in the outbox), the rest overflow.
+    let (_dir, mut markers) = run_markers(&m, ALERTS - 1, 5);
+    markers.append(&mut first);
+    wait_for(Duration::from_secs(30), || {
+        (stored_alert_ids(&agent).len() == ALERTS && agent.stderr().contains("sink queue full")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no overflow with {ALERTS} alerts and a one-slot queue; stderr:\n{}", agent.stderr()));
+
+    let receiver = Receiver::up(port, 0, Arc::clone(&seen));
+    let stored = stored_alert_ids(&agent);
+    wait_for(Duration::from_secs(30), || (receiver.ids() == stored).then_some(()))
+        .unwrap_or_else(|| panic!("stored {stored:?}, received {:?}; stderr:\n{}", receiver.ids(), agent.stderr()));
+    // The queued copies of what the outbox re-read delivered are skipped:
+    // each alert arrives once (give a duplicate time to show up).
+    std::thread::sleep(Duration::from_secs(1));
+    let bodies: Vec<String> =
+        seen.lock().unwrap().accepted.iter().map(|(b, _)| b["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(bodies.len(), ALERTS, "alerts delivered more than once: {bodies:?}");
+    for c in &mut markers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
 fn alert_pending_at_kill9_is_delivered_after_restart() {
     let m = marker("dk");
     // A port with nobody listening: delivery stays pending.

@@ -4,10 +4,12 @@
 //! per sink (`Store::put_alert_for_delivery`), then hands it to
 //! [`Delivery::enqueue`]. Each sink has a worker task with its own bounded
 //! queue; the worker delivers with retries (exponential back-off) behind a
-//! circuit breaker and removes the outbox entry once the sink has the alert.
+//! circuit breaker and removes the outbox entries of delivered alerts in one
+//! transaction every 100 ms (`CLEAR_EVERY`) while it delivers.
 //! On start each worker first re-queues what its outbox still holds, so an
 //! alert stored before a crash is delivered after the restart
 //! (at-least-once; a crash between delivery and removal delivers it twice).
+//! A worker that re-reads its outbox skips the queued copies of what it read.
 //!
 //! *Architecture invariant:* enqueueing never blocks the caller (the rule
 //! engine). A full queue drops the in-memory copy and counts it

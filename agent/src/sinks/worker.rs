@@ -2,7 +2,7 @@
 //! and after an overflow), delivers each with retries behind the circuit
 //! breaker, and clears the outbox entry once delivered.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,25 @@ use super::syslog::{self, SyslogSink};
 use super::webhook::WebhookSink;
 use super::{Breaker, BreakerState, SendError, SinkMetrics, backoff};
 use crate::store::Store;
+
+/// Longest a delivered alert's outbox entry waits to be removed (together
+/// with the others delivered meanwhile).
+const CLEAR_EVERY: Duration = Duration::from_millis(100);
+/// Most delivered alerts whose outbox entries wait to be removed together.
+const CLEAR_BATCH: usize = 256;
+
+/// Delivered alerts whose outbox entries are still to remove.
+struct Delivered {
+    ids: Vec<String>,
+    last_clear: Instant,
+}
+
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A sink's transport.
 #[derive(Debug)]
@@ -90,32 +109,71 @@ pub(super) struct Worker {
 
 impl Worker {
     /// Runs until cancelled.
+    ///
+    /// A delivered alert's outbox entry is removed within [`CLEAR_EVERY`]
+    /// (or once [`CLEAR_BATCH`] wait), so an alert storm costs a store
+    /// transaction per batch rather than per alert; a crash before that
+    /// removal delivers those alerts again (at least once, by id).
     pub(super) async fn run(mut self) {
-        let mut backlog: VecDeque<Arc<Alert>> = self.read_outbox().await.into();
+        let mut backlog = VecDeque::new();
+        let mut recovered = HashSet::new();
+        let mut done = Delivered { ids: Vec::new(), last_clear: Instant::now() };
+        self.recover(&mut backlog, &mut recovered, &mut done).await;
         if !backlog.is_empty() {
             tracing::info!(sink = %self.name, alerts = backlog.len(), "re-queued undelivered alerts from the outbox");
         }
-        self.metrics.queue_depth.fetch_add(backlog.len() as u64, Relaxed);
         loop {
             let alert = if let Some(a) = backlog.pop_front() {
                 a
             } else if self.overflow.swap(false, Relaxed) {
-                let more = self.read_outbox().await;
-                self.metrics.queue_depth.fetch_add(more.len() as u64, Relaxed);
-                backlog.extend(more);
+                self.recover(&mut backlog, &mut recovered, &mut done).await;
                 continue;
             } else {
-                tokio::select! {
-                    a = self.rx.recv() => match a { Some(a) => a, None => return },
-                    () = self.cancel.cancelled() => return,
+                if self.rx.is_empty() {
+                    // Every copy of a recovered alert that was queued has
+                    // been taken off the queue by now.
+                    recovered.clear();
                 }
+                let clear_in = (!done.ids.is_empty()).then(|| CLEAR_EVERY.saturating_sub(done.last_clear.elapsed()));
+                let next = tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => None,
+                    a = self.rx.recv() => a,
+                    () = sleep_for(clear_in) => {
+                        self.clear(&mut done).await;
+                        continue;
+                    }
+                };
+                let Some(a) = next else { break };
+                // The outbox read already gave this one to the backlog.
+                if recovered.remove(&a.id) {
+                    self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                    continue;
+                }
+                a
             };
             let delivered = self.deliver(&alert).await;
             self.metrics.queue_depth.fetch_sub(1, Relaxed);
             if !delivered {
-                return; // cancelled; the outbox keeps it
+                break; // cancelled; the outbox keeps it
+            }
+            done.ids.push(alert.id.clone());
+            if done.ids.len() >= CLEAR_BATCH {
+                self.clear(&mut done).await;
             }
         }
+        self.clear(&mut done).await;
+    }
+
+    /// Moves what the outbox holds to `backlog` (after removing what was
+    /// delivered, so nothing comes back twice) and remembers its ids: a
+    /// copy still in the queue is then skipped.
+    async fn recover(&self, backlog: &mut VecDeque<Arc<Alert>>, recovered: &mut HashSet<String>, done: &mut Delivered) {
+        self.clear(done).await;
+        let more = self.read_outbox().await;
+        self.metrics.queue_depth.fetch_add(more.len() as u64, Relaxed);
+        recovered.extend(more.iter().map(|a| a.id.clone()));
+        backlog.extend(more);
     }
 
     /// The outbox entries, oldest first (an unreadable store is logged and
@@ -156,12 +214,6 @@ impl Worker {
     /// Delivers one alert, retrying until it is delivered, refused for
     /// good, or the worker is cancelled (returns false then).
     async fn deliver(&mut self, alert: &Arc<Alert>) -> bool {
-        let id = alert.id.clone();
-        // Skip what another path (start-up scan, overflow re-read) delivered.
-        let pending = self.store_op(move |s, n| s.outbox_contains(n, &id)).await;
-        if pending == Some(false) {
-            return true;
-        }
         let mut attempt: u32 = 0;
         loop {
             match self.breaker.before_attempt(Instant::now()) {
@@ -188,14 +240,12 @@ impl Worker {
                     if let Some(state) = self.breaker.on_success() {
                         self.transition(state, "");
                     }
-                    self.clear(alert).await;
                     tracing::debug!(sink = %self.name, alert_id = %alert.id, attempts = attempt, "alert delivered");
                     return true;
                 }
                 Err(SendError::Reject(e)) => {
                     self.metrics.rejected.fetch_add(1, Relaxed);
                     tracing::error!(sink = %self.name, alert_id = %alert.id, error = %e, "the sink refused the alert; it will not be retried");
-                    self.clear(alert).await;
                     return true;
                 }
                 Err(SendError::Retry(e)) => {
@@ -214,11 +264,17 @@ impl Worker {
         }
     }
 
-    async fn clear(&self, alert: &Alert) {
-        let id = alert.id.clone();
-        // On failure the alert stays in the outbox and is delivered again
-        // after a restart: at-least-once.
-        let _ = self.store_op(move |s, n| s.outbox_remove(n, &id)).await;
+    /// Removes the outbox entries of `done` (delivered, or refused for
+    /// good) in one transaction.
+    async fn clear(&self, done: &mut Delivered) {
+        done.last_clear = Instant::now();
+        if done.ids.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut done.ids);
+        // On failure they stay in the outbox and are delivered again after
+        // a restart or an overflow re-read: at least once.
+        let _ = self.store_op(move |s, n| s.outbox_remove(n, &ids)).await;
     }
 
     fn transition(&self, state: BreakerState, error: &str) {

@@ -199,15 +199,17 @@ impl Store {
         Ok(outbox.get((sink, alert_id)).ctx(&self.alerts.path, "reading alert_outbox")?.is_some())
     }
 
-    /// Marks `alert_id` delivered to `sink`.
-    pub fn outbox_remove(&self, sink: &str, alert_id: &str) -> Result<(), StoreError> {
+    /// Marks `alert_ids` delivered to `sink`, in one transaction.
+    pub fn outbox_remove(&self, sink: &str, alert_ids: &[String]) -> Result<(), StoreError> {
         let p = &self.alerts.path;
         // Lost in a crash, a delivery is repeated: at least once, by id.
         let mut txn = self.alerts.db.begin_write().ctx(p, "starting a transaction")?;
         txn.set_durability(redb::Durability::None).ctx(p, "relaxing durability")?;
         {
             let mut outbox = txn.open_table(OUTBOX).ctx(p, "opening alert_outbox")?;
-            outbox.remove((sink, alert_id)).ctx(p, "removing from alert_outbox")?;
+            for id in alert_ids {
+                outbox.remove((sink, id.as_str())).ctx(p, "removing from alert_outbox")?;
+            }
         }
         txn.commit().ctx(p, "committing a delivery")?;
         Ok(())
@@ -286,15 +288,15 @@ mod tests {
         let sinks = vec!["a".to_string(), "b".to_string()];
         {
             let store = Store::open(&path).unwrap();
-            for id in ["01", "02"] {
+            for id in ["01", "02", "03"] {
                 store.put_alert_for_delivery(&Alert { id: id.into(), ..Default::default() }, &sinks).unwrap();
             }
-            store.outbox_remove("a", "01").unwrap();
+            store.outbox_remove("a", &["01".to_string(), "03".to_string()]).unwrap();
         }
         let store = Store::open(&path).unwrap();
         let ids = |s: &str| store.outbox(s).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
         assert_eq!(ids("a"), vec!["02"]);
-        assert_eq!(ids("b"), vec!["01", "02"]);
+        assert_eq!(ids("b"), vec!["01", "02", "03"]);
         assert!(ids("c").is_empty());
         assert!(store.outbox_contains("b", "01").unwrap());
         assert!(!store.outbox_contains("a", "01").unwrap());
