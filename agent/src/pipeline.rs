@@ -141,7 +141,7 @@ pub async fn run_ingest(shared: Arc<Shared>, mut events: Subscription, writer: S
                 continue;
             }
         };
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity((events.queued() + 1).min(shared.batch_size));
         let mut next = Some(first);
         while let Some(d) = next {
             match ProcessEvent::decode(d.payload.as_ref()) {

@@ -115,6 +115,15 @@ impl Subscription {
         }
     }
 
+    /// Deliveries queued now (what [`try_recv`](Self::try_recv) would
+    /// return without waiting).
+    pub fn queued(&self) -> usize {
+        match &self.inner {
+            Inner::Remote { rx, .. } => rx.len(),
+            Inner::Local { rx, .. } => rx.len(),
+        }
+    }
+
     /// The subscription id (unique per client).
     pub fn id(&self) -> u64 {
         self.id

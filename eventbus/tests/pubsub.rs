@@ -131,9 +131,11 @@ async fn drop_policy_counts_exactly_what_a_stalled_subscriber_lost() {
     assert_eq!(topic.dropped, u64::from(total) - 4);
 
     // The stalled subscriber gets the first four, then nothing.
+    assert_eq!(stalled.queued(), 4);
     for i in 0..4 {
         assert_eq!(recv(&mut stalled).await.payload, payload(&i.to_string()));
     }
+    assert_eq!(stalled.queued(), 0);
     assert_quiet(&mut stalled).await;
     let stats = b.handle.stats();
     let s = stats.subscriptions_of("stalled").next().unwrap();

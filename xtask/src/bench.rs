@@ -362,16 +362,20 @@ fn storm_table(rows: &[StormRow]) -> String {
     let _ = writeln!(s, "### Exec storms\n");
     let _ = writeln!(
         s,
-        "| storm | execs | baseline rate | with sensor: rate (slowdown) | execs seen (full argv + ppid) | exits (code 0) | lost | procmond + agent CPU (procmond, agent) | execsnoop: seen, CPU | exec -> alert p50 / p99 / max (n) |"
+        "| storm | execs | baseline rate | with sensor: rate (slowdown) | execs seen (full argv + ppid) | exits (code 0) | lost | procmond + agent CPU (procmond, agent) | execsnoop: seen, CPU, rate (slowdown) | exec -> alert p50 / p99 / max (n) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let slowdown = (r.base.rate / r.sensor.rate - 1.0) * 100.0;
+        let slowdown = slowdown_pct(r.base, r.sensor);
         let secs = r.sensor.wall.as_secs_f64();
         let snoop = match (r.snoop_seen, r.snoop_cpu, r.snoop) {
-            (Some(seen), Some(cpu), Some(m)) => {
-                format!("{seen} / {}, {:.2}% of a core", r.execs, cpu / m.wall.as_secs_f64() * 100.0)
-            }
+            (Some(seen), Some(cpu), Some(m)) => format!(
+                "{seen} / {}, {:.2}% of a core, {:.0}/s ({:+.1}%)",
+                r.execs,
+                cpu / m.wall.as_secs_f64() * 100.0,
+                m.rate,
+                slowdown_pct(r.base, m)
+            ),
             _ => "—".into(),
         };
         let lat = if r.latencies.is_empty() {
@@ -414,20 +418,27 @@ fn max_summary(rows: &[StormRow]) -> String {
     if max.len() < 2 {
         return String::new();
     }
-    let mut slowdowns: Vec<f64> = max.iter().map(|r| (r.base.rate / r.sensor.rate - 1.0) * 100.0).collect();
-    slowdowns.sort_by(f64::total_cmp);
-    let median = slowdowns[slowdowns.len() / 2];
+    let median = |mut v: Vec<f64>| -> (f64, String) {
+        v.sort_by(f64::total_cmp);
+        let listed = v.iter().map(|s| format!("{s:+.1}%")).collect::<Vec<_>>().join(", ");
+        (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), listed)
+    };
+    let (median_sensor, listed) = median(max.iter().map(|r| slowdown_pct(r.base, r.sensor)).collect());
     let mut pooled: Vec<Duration> = max.iter().flat_map(|r| r.latencies.iter().copied()).collect();
     pooled.sort();
     let lost: u64 = max.iter().map(|r| r.lost).sum();
     let seen: i64 = max.iter().map(|r| r.execs_seen.min(r.exits_ok)).sum();
     let execs: usize = max.iter().map(|r| r.execs).sum();
-    let listed = slowdowns.iter().map(|s| format!("{s:+.1}%")).collect::<Vec<_>>().join(", ");
     let mut s = format!(
-        "Maximum rate over {} runs: median slowdown **{median:+.1}%** (runs, sorted: {listed}); \
+        "Maximum rate over {} runs: median slowdown **{median_sensor:+.1}%** (runs, sorted: {listed}); \
          {seen} of {execs} execs seen with their exits, {lost} lost",
         max.len()
     );
+    let snoop: Vec<f64> = max.iter().filter_map(|r| r.snoop.map(|m| slowdown_pct(r.base, m))).collect();
+    if snoop.len() == max.len() {
+        let (median_snoop, listed) = median(snoop);
+        let _ = write!(s, "; execsnoop alone: median slowdown {median_snoop:+.1}% ({listed})");
+    }
     if !pooled.is_empty() {
         let _ = write!(
             s,
@@ -440,6 +451,11 @@ fn max_summary(rows: &[StormRow]) -> String {
     }
     s.push_str(".\n\n");
     s
+}
+
+/// How much slower (in %) the storm ran under a capture than alone.
+fn slowdown_pct(base: Measure, with: Measure) -> f64 {
+    (base.rate / with.rate - 1.0) * 100.0
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
