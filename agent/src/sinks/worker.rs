@@ -1,6 +1,6 @@
 //! One sink's worker: takes alerts from its queue (and its outbox, on start
 //! and after an overflow), delivers each with retries behind the circuit
-//! breaker, and clears the outbox entry once delivered.
+//! breaker, and clears the outbox entries of what it delivered, in batches.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -29,13 +29,6 @@ const CLEAR_BATCH: usize = 256;
 struct Delivered {
     ids: Vec<String>,
     last_clear: Instant,
-}
-
-async fn sleep_for(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A sink's transport.
@@ -134,12 +127,12 @@ impl Worker {
                     // been taken off the queue by now.
                     recovered.clear();
                 }
-                let clear_in = (!done.ids.is_empty()).then(|| CLEAR_EVERY.saturating_sub(done.last_clear.elapsed()));
+                let clear_in = CLEAR_EVERY.saturating_sub(done.last_clear.elapsed());
                 let next = tokio::select! {
                     biased;
                     () = self.cancel.cancelled() => None,
                     a = self.rx.recv() => a,
-                    () = sleep_for(clear_in) => {
+                    () = tokio::time::sleep(clear_in), if !done.ids.is_empty() => {
                         self.clear(&mut done).await;
                         continue;
                     }
