@@ -1,6 +1,6 @@
 //! The JSON-lines sinks: stdout, and a file rotated by size
 //! (`path` -> `path.1` -> ... -> `path.N`, the oldest dropped). Blocking
-//! I/O: the worker calls these on `spawn_blocking`.
+//! I/O, on the sink worker's own thread.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;

@@ -2,8 +2,10 @@
 //!
 //! The alert manager stores every new alert together with one outbox entry
 //! per sink (`Store::put_alert_for_delivery`), then hands it to
-//! [`Delivery::enqueue`]. Each sink has a worker task with its own bounded
-//! queue; the worker delivers with retries (exponential back-off) behind a
+//! [`Delivery::enqueue`]. Each sink has a worker with its own bounded
+//! queue, on a thread of its own (a current-thread runtime): an alert goes
+//! from the alert writer straight to it, never waiting for the event
+//! pipeline's thread or a blocking-pool thread. The worker delivers with retries (exponential back-off) behind a
 //! circuit breaker and removes the outbox entries of delivered alerts in one
 //! transaction every 100 ms (`CLEAR_EVERY`) while it delivers.
 //! On start each worker first re-queues what its outbox still holds, so an
@@ -112,8 +114,9 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Builds every sink of `[alerts]` (the implicit `stdout` sink when
     /// `alerts.stdout` is on, then `[[alerts.sinks]]`) and starts one worker
-    /// per sink on `tasks`; each first re-queues its outbox. Must run inside
-    /// the tokio runtime.
+    /// per sink on its own thread; each first re-queues its outbox. `tasks`
+    /// tracks each worker until it has stopped (after `cancel`). Must run
+    /// inside the tokio runtime.
     pub fn start(
         config: &AlertsConfig,
         store: Arc<Store>,
@@ -150,7 +153,11 @@ impl Delivery {
                 retry_max: cfg.retry_max,
                 cancel: cancel.clone(),
             };
-            tasks.spawn(w.run());
+            let stopped = spawn_worker(sinks.len(), w)?;
+            tasks.spawn(async move {
+                // An error only says the thread ended without a word.
+                let _ = stopped.await;
+            });
             sinks.push(handle);
         }
         let names = sinks.iter().map(|s| s.name.clone()).collect();
@@ -200,6 +207,24 @@ impl Delivery {
             })
             .collect()
     }
+}
+
+/// Runs `w` on a thread of its own; the receiver resolves once it stopped.
+fn spawn_worker(index: usize, w: worker::Worker) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
+    let (stopped, on_stop) = tokio::sync::oneshot::channel();
+    let name = w.name.clone();
+    let err_name = name.clone();
+    std::thread::Builder::new()
+        .name(format!("alert-sink-{index}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(w.run()),
+                Err(e) => tracing::error!(sink = %name, error = %e, "cannot start the sink's runtime; its alerts wait in the outbox"),
+            }
+            let _ = stopped.send(());
+        })
+        .map_err(|e| format!("starting the worker thread of sink {err_name:?}: {e}"))?;
+    Ok(on_stop)
 }
 
 /// The sink `alerts.stdout = true` stands for.

@@ -3,8 +3,8 @@
 //! breaker, and clears the outbox entries of what it delivered, in batches.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use daemoneye_lib::config::{SinkConfig, SinkType};
@@ -35,7 +35,7 @@ struct Delivered {
 #[derive(Debug)]
 pub(super) enum Sink {
     Stdout,
-    File(Arc<Mutex<RotatingFile>>),
+    File(RotatingFile),
     Syslog(SyslogSink),
     Webhook(WebhookSink),
 }
@@ -48,7 +48,7 @@ impl Sink {
             SinkType::File => {
                 let path = cfg.path.clone().unwrap_or_default();
                 let max = cfg.max_size.map_or(64 << 20, |s| s.as_u64());
-                Sink::File(Arc::new(Mutex::new(RotatingFile::new(path, max, cfg.max_files.unwrap_or(5)))))
+                Sink::File(RotatingFile::new(path, max, cfg.max_files.unwrap_or(5)))
             }
             SinkType::Syslog => {
                 let addr = syslog::Address::parse(cfg.address.as_deref().unwrap_or("unix:///dev/log"))
@@ -62,27 +62,16 @@ impl Sink {
         })
     }
 
+    /// Delivers one alert. Stdout and file writes block: the worker has
+    /// its own thread ([`super::Delivery::start`]), so they block only
+    /// this sink, and the alert reaches them without another thread hop.
     async fn send(&mut self, alert: &Alert) -> Result<(), SendError> {
         match self {
-            Sink::Stdout => {
-                let line = alert_json(alert).to_string();
-                blocking(move || write_stdout(&line)).await
-            }
-            Sink::File(f) => {
-                let line = alert_json(alert).to_string();
-                let f = Arc::clone(f);
-                blocking(move || f.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write_line(&line)).await
-            }
+            Sink::Stdout => write_stdout(&alert_json(alert).to_string()).map_err(SendError::Retry),
+            Sink::File(f) => f.write_line(&alert_json(alert).to_string()).map_err(SendError::Retry),
             Sink::Syslog(s) => s.send(alert).await,
             Sink::Webhook(w) => w.send(alert).await,
         }
-    }
-}
-
-async fn blocking(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Result<(), SendError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(SendError::Retry),
-        Err(e) => Err(SendError::Retry(format!("sink write task failed: {e}"))),
     }
 }
 
