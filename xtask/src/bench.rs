@@ -21,6 +21,7 @@
 //! Results are printed as Markdown for `docs/benchmarks.md`.
 
 mod sys;
+mod wake;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -129,6 +130,18 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
     }
     report.push_str(&storm_table(&rows));
     report.push_str(&max_summary(&rows));
+    eprintln!("xtask bench: the machine's wake-up cost");
+    match wake::measure() {
+        Ok(w) => {
+            let paced = rows.iter().filter(|r| !r.label.starts_with("max") && r.execs > 0);
+            let per_exec: Vec<_> =
+                paced.map(|r| (r.label.as_str(), (r.sensor_cpu.0 + r.sensor_cpu.1) * 1e6 / r.execs as f64)).collect();
+            report.push_str(&w.summary(&per_exec));
+        }
+        Err(e) => {
+            let _ = writeln!(report, "Wake-up cost not measured: {e:#}\n");
+        }
+    }
     if args.snapshot_processes > 0 {
         eprintln!("xtask bench: start-up snapshot with {} processes", args.snapshot_processes);
         let snap = snapshot(&bin, &work, &rules, args.snapshot_processes)?;
