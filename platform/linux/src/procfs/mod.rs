@@ -433,8 +433,17 @@ impl PidDir {
     fn read_raw(&self, file: &str, limit: u64) -> io::Result<Vec<u8>> {
         let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
         let fd = nix::fcntl::openat(&self.fd, file, flags, nix::sys::stat::Mode::empty())?;
-        let mut buf = Vec::with_capacity(1024);
-        std::fs::File::from(fd).take(limit).read_to_end(&mut buf)?;
+        let mut f = std::fs::File::from(fd).take(limit);
+        let mut buf = vec![0u8; FIRST_READ.min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let n = f.read(&mut buf)?;
+        buf.truncate(n);
+        // `stat`, `status` and `cgroup` are generated whole by one read
+        // that has room for them: a short read is the end, and the read
+        // that would return 0 is one system call of the ~20 per process a
+        // snapshot makes. `cmdline` and larger parts read on to the end.
+        if n == FIRST_READ {
+            f.read_to_end(&mut buf)?;
+        }
         Ok(buf)
     }
 
@@ -454,7 +463,7 @@ impl PidDir {
                 self.gone.set(true);
             }
         }
-        classify(self.pid, &self.path.join(file), result)
+        classify(self.pid, || self.path.join(file), result)
     }
 
     /// True when a part every process has was missing: the process was
@@ -483,6 +492,10 @@ fn started_after(parent_start: Option<i64>, child_start: Option<i64>) -> bool {
 
 /// Threads reading a snapshot, at most.
 const MAX_SNAPSHOT_THREADS: usize = 4;
+
+/// Bytes of a process part read at once: more than `status` (~1.5 KiB)
+/// and `stat` ever take.
+const FIRST_READ: usize = 4096;
 
 /// Orders records by start time, then moves each parent ahead of its
 /// children: start times are 10 ms ticks, so a child can tie with its parent
@@ -513,16 +526,18 @@ fn is_gone(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
 }
 
-fn classify<T>(pid: u32, path: &Path, result: io::Result<T>) -> Part<T> {
+/// `path` is only built for a failure's log line (a snapshot reads ~6
+/// parts of each of thousands of processes).
+fn classify<T>(pid: u32, path: impl FnOnce() -> PathBuf, result: io::Result<T>) -> Part<T> {
     match result {
         Ok(v) => Part::Ok(v),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            tracing::trace!(pid, path = %path.display(), "denied");
+            tracing::trace!(pid, path = %path().display(), "denied");
             Part::Denied
         }
         Err(e) => {
             if !is_gone(&e) {
-                tracing::debug!(pid, path = %path.display(), error = %e, "cannot read process part");
+                tracing::debug!(pid, path = %path().display(), error = %e, "cannot read process part");
             }
             Part::Missing
         }
