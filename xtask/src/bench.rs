@@ -12,6 +12,8 @@
 //!   the agent as % of one core over the storm, the storm's slowdown, and
 //!   exec -> alert latency (about 10 execs a second match a bench rule; the alert
 //!   is timed when its JSON line arrives on the agent's stdout).
+//! - **The machine's wake-up cost** (`wake`), the floor under the storms'
+//!   CPU per exec, next to the daemons' own.
 //! - **Start-up snapshot**: 10,000 sleeping processes (100 distinct
 //!   executables, so hashing is real work), then the time from starting the
 //!   agent until every one of them is in its table with its SHA-256, and
