@@ -31,7 +31,11 @@ struct Entry {
 pub struct ProcessTable {
     rows: HashMap<String, Entry>,
     by_pid: HashMap<u32, Vec<String>>,
-    by_parent: HashMap<String, Vec<String>>,
+    /// A set, not a list: a parent's exited children stay for the
+    /// retention, tens of thousands under a busy spawner, and pruning
+    /// removes them one by one (a list's scan per removal held the view's
+    /// write lock for up to ~200 ms once the exited cap was reached).
+    by_parent: HashMap<String, BTreeSet<String>>,
     /// Exited rows by (exit time, key), oldest first: what pruning takes.
     exited: BTreeSet<(i64, String)>,
 }
@@ -75,7 +79,7 @@ impl ProcessTable {
             }
             self.by_pid.entry(rec.pid).or_default().push(key.clone());
             if let Some(parent) = &rec.parent_key {
-                self.by_parent.entry(parent.clone()).or_default().push(key.clone());
+                self.by_parent.entry(parent.clone()).or_default().insert(key.clone());
             }
         }
         let old_exit = self.rows.get(&key).and_then(|e| exited_at(&e.state));
@@ -127,7 +131,7 @@ impl ProcessTable {
         if let Some(p) = parent
             && let Some(v) = self.by_parent.get_mut(p)
         {
-            v.retain(|k| k != key);
+            v.remove(key);
             if v.is_empty() {
                 self.by_parent.remove(p);
             }
@@ -140,9 +144,11 @@ impl ProcessTable {
         (alive, self.rows.len() as u64)
     }
 
-    fn rows_for_keys<'a>(&'a self, keys: Option<&'a Vec<String>>) -> Vec<RowRef<'a>> {
-        keys.map(|ks| ks.iter().filter_map(|k| self.rows.get(k)).map(|e| Cow::Borrowed(e.row.as_slice())).collect())
-            .unwrap_or_default()
+    fn rows_for_keys<'a>(&'a self, keys: Option<impl IntoIterator<Item = &'a String>>) -> Vec<RowRef<'a>> {
+        keys.map(|ks| {
+            ks.into_iter().filter_map(|k| self.rows.get(k)).map(|e| Cow::Borrowed(e.row.as_slice())).collect()
+        })
+        .unwrap_or_default()
     }
 
     fn lookup_processes(&self, column: usize, key: &Value) -> Option<Vec<RowRef<'_>>> {
@@ -353,6 +359,40 @@ mod tests {
         let pid = Table::Processes.column_index("pid").unwrap();
         assert_eq!(q.lookup(Table::Processes, pid, &Value::Integer(2)).unwrap().len(), 1);
         assert_eq!(q.scan(Table::Processes).count(), 1);
+        assert_eq!(t.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_busy_parents_children_stay_indexed_as_they_are_pruned() {
+        // The parent-key index of a spawner with thousands of retained
+        // children: removing them one by one (as pruning does) leaves
+        // exactly the others, in key order.
+        let keys: Vec<String> = (0..5_000).map(|i| format!("child-{i:05}")).collect();
+        let mut states = vec![st("spawner", 1, None)];
+        states.extend(keys.iter().map(|k| st(k, 2, Some("spawner"))));
+        let mut t = ProcessTable::from_states(states);
+        for k in keys.iter().step_by(2) {
+            t.remove(k);
+        }
+        let pk = Table::Processes.column_index("parent_key").unwrap();
+        let key_col = Table::Processes.column_index("process_key").unwrap();
+        let q = QueryTables::processes_only(&t);
+        let children = q.lookup(Table::Processes, pk, &Value::Text("spawner".into())).unwrap();
+        let found: Vec<String> = children
+            .iter()
+            .map(|row| match &row[key_col] {
+                Value::Text(k) => k.to_string(),
+                other => panic!("process_key is {other:?}"),
+            })
+            .collect();
+        let kept: Vec<String> = keys.iter().skip(1).step_by(2).cloned().collect();
+        assert_eq!(found, kept);
+        drop(q);
+        for k in &kept {
+            t.remove(k);
+        }
+        let q = QueryTables::processes_only(&t);
+        assert!(q.lookup(Table::Processes, pk, &Value::Text("spawner".into())).unwrap().is_empty());
         assert_eq!(t.counts(), (1, 1));
     }
 
