@@ -5,8 +5,8 @@
 //! [`Delivery::enqueue`]. Each sink has a worker with its own bounded
 //! queue, on a thread of its own (a current-thread runtime): an alert goes
 //! from the alert writer straight to it, never waiting for the event
-//! pipeline's thread or a blocking-pool thread. The worker delivers with retries (exponential back-off) behind a
-//! circuit breaker and removes the outbox entries of delivered alerts in one
+//! pipeline's thread or a blocking-pool thread. The worker delivers with
+//! retries (exponential back-off) behind a circuit breaker and removes the outbox entries of delivered alerts in one
 //! transaction every 100 ms (`CLEAR_EVERY`) while it delivers.
 //! On start each worker first re-queues what its outbox still holds, so an
 //! alert stored before a crash is delivered after the restart
@@ -212,18 +212,17 @@ impl Delivery {
 /// Runs `w` on a thread of its own; the receiver resolves once it stopped.
 fn spawn_worker(index: usize, w: worker::Worker) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
     let (stopped, on_stop) = tokio::sync::oneshot::channel();
-    let name = w.name.clone();
-    let err_name = name.clone();
+    let what = format!("the worker thread of sink {:?}", w.name);
     std::thread::Builder::new()
         .name(format!("alert-sink-{index}"))
         .spawn(move || {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(w.run()),
-                Err(e) => tracing::error!(sink = %name, error = %e, "cannot start the sink's runtime; its alerts wait in the outbox"),
+                Err(e) => tracing::error!(sink = %w.name, error = %e, "cannot start the sink's runtime; its alerts wait in the outbox"),
             }
             let _ = stopped.send(());
         })
-        .map_err(|e| format!("starting the worker thread of sink {err_name:?}: {e}"))?;
+        .map_err(|e| format!("starting {what}: {e}"))?;
     Ok(on_stop)
 }
 

@@ -437,10 +437,10 @@ impl PidDir {
         let mut buf = vec![0u8; FIRST_READ.min(usize::try_from(limit).unwrap_or(usize::MAX))];
         let n = f.read(&mut buf)?;
         buf.truncate(n);
-        // `stat`, `status` and `cgroup` are generated whole by one read
-        // that has room for them: a short read is the end, and the read
-        // that would return 0 is one system call of the ~20 per process a
-        // snapshot makes. `cmdline` and larger parts read on to the end.
+        // procfs hands a part over whole to a read that has room for it: a
+        // short read is the end, and the read that would return 0 is one
+        // system call of the ~20 per process a snapshot makes. A part that
+        // fills the buffer (a long `cmdline`) is read on to the end.
         if n == FIRST_READ {
             f.read_to_end(&mut buf)?;
         }
