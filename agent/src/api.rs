@@ -170,7 +170,7 @@ impl AgentApi for Api {
         }
         let shared = Arc::clone(&self.shared);
         let result = tokio::task::spawn_blocking(move || {
-            let table = shared.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let table = shared.table_snapshot();
             let tables = QueryTables::with_store(&table, &shared.store);
             let rs = query.execute(&tables, &params, &limits);
             (rs, tables.take_error())

@@ -110,7 +110,7 @@ pub async fn test_rule(shared: Arc<Shared>, req: TestRuleRequest) -> Result<Test
     let limits = shared.limits.clone();
     let s = Arc::clone(&shared);
     let (result, store_err) = tokio::task::spawn_blocking(move || {
-        let table = s.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = s.table_snapshot();
         let params = Params::default();
         match &event {
             Some(row) => {

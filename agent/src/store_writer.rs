@@ -38,6 +38,8 @@ use crate::store::PendingBatch;
 const QUEUE: usize = 64;
 /// How often exited processes and old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Rows a prune removes from the view per hold of its write lock.
+const PRUNE_CHUNK: usize = 128;
 /// Most events kept staged while the store refuses writes; beyond it they
 /// are dropped from memory (the ledger keeps them, and the next start
 /// catches up from the store's `last_applied_seq`).
@@ -289,13 +291,19 @@ fn prune(shared: &Shared) {
         .prunable(now - ns(shared.process_retention), shared.max_exited_processes);
     match shared.store.prune(&doomed, now - ns(shared.event_retention), shared.max_events) {
         Ok(removed) => {
-            let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for k in &removed {
-                table.remove(k);
+            // A few rows per write lock, freed after it: a prune past the
+            // cap removes thousands (2,500 every ~3 s at 800 exec/s), and
+            // removing and freeing them under one lock held up the
+            // pipeline's next event by 5-16 ms.
+            let mut freed = Vec::with_capacity(removed.len());
+            for chunk in removed.chunks(PRUNE_CHUNK) {
+                let mut table = shared.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                freed.extend(chunk.iter().filter_map(|k| table.remove(k)));
             }
             if !removed.is_empty() {
-                tracing::debug!(removed = removed.len(), exited = table.exited_len(), "pruned exited processes");
+                tracing::debug!(removed = removed.len(), "pruned exited processes");
             }
+            drop(freed);
         }
         Err(e) => tracing::warn!(error = %e, "pruning the store failed"),
     }
