@@ -12,6 +12,8 @@
 //!   the agent as % of one core over the storm, the storm's slowdown, and
 //!   exec -> alert latency (about 10 execs a second match a bench rule; the alert
 //!   is timed when its JSON line arrives on the agent's stdout).
+//! - **A steady state** (`steady`): one agent under a paced storm long
+//!   enough to pass its exited-process cap, where store flushes prune.
 //! - **The machine's wake-up cost** (`wake`), the floor under the storms'
 //!   CPU per exec, next to the daemons' own.
 //! - **Start-up snapshot**: 10,000 sleeping processes (100 distinct
@@ -22,6 +24,8 @@
 //! The criterion benchmarks (ledger, bus, detection) run with `--criterion`.
 //! Results are printed as Markdown for `docs/benchmarks.md`.
 
+mod snapshot;
+mod steady;
 mod sys;
 mod wake;
 
@@ -65,6 +69,14 @@ pub(crate) struct BenchArgs {
     /// VM, so the report gives the median.
     #[arg(long, default_value_t = 3)]
     max_runs: usize,
+    /// Exec/s of the steady-state storm (one agent past its exited-process
+    /// cap).
+    #[arg(long, default_value_t = 800)]
+    steady_rate: u32,
+    /// Seconds the steady-state storm lasts (0: skip); long enough to pass
+    /// the cap (20,000 exited processes by default).
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u32,
     /// Sleeping processes for the start-up snapshot (0: skip).
     #[arg(long, default_value_t = 10_000)]
     snapshot_processes: usize,
@@ -132,6 +144,19 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
     }
     report.push_str(&storm_table(&rows));
     report.push_str(&max_summary(&rows));
+    if args.steady_seconds > 0 {
+        eprintln!("xtask bench: steady state, {}/s for {} s", args.steady_rate, args.steady_seconds);
+        let default_config = root.join("lib/config/default.toml");
+        report.push_str(&steady::measure(
+            &bin,
+            &work,
+            &rules,
+            &exe,
+            &default_config,
+            args.steady_rate,
+            args.steady_seconds,
+        )?);
+    }
     eprintln!("xtask bench: the machine's wake-up cost");
     match wake::measure() {
         Ok(w) => {
@@ -146,7 +171,7 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
     }
     if args.snapshot_processes > 0 {
         eprintln!("xtask bench: start-up snapshot with {} processes", args.snapshot_processes);
-        let snap = snapshot(&bin, &work, &rules, args.snapshot_processes)?;
+        let snap = snapshot::measure(&bin, &work, &rules, args.snapshot_processes)?;
         report.push_str(&snap);
     }
     #[allow(clippy::print_stdout, reason = "the report is the command's output")]
@@ -222,24 +247,9 @@ fn storm_row(
     };
 
     // 3. The sensor: a fresh agent with every shipped rule and the bench rule.
-    let data = work.join(format!("data-{tag}"));
-    let agent = AgentRun::start(bin, &data, rules, "ebpf")?;
+    let agent = AgentRun::start(bin, &work.join(format!("data-{tag}")), rules, "ebpf")?;
     let id = run(&format!("a{tag}"));
-    // Ready means a probe exec went all the way to the table.
-    let probe =
-        format!("SELECT count(*) AS n FROM process_events WHERE name = 'dembench' AND argv LIKE '%{id}-probe%'");
-    let ready = Instant::now() + Duration::from_secs(60);
-    loop {
-        let _ = Command::new(exe).arg(format!("{id}-probe")).status();
-        if agent.count(&probe)? > 0 {
-            break;
-        }
-        if Instant::now() > ready {
-            bail!("the agent's table never showed the probe exec; see {}", data.with_extension("stderr").display());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    agent.wait_sees(exe, &id)?;
     let procmond = agent.procmond_pid().context("procmond is not running under the agent")?;
     let cpu = |ticks| -> anyhow::Result<(f64, f64)> {
         Ok((sys::cpu_seconds(procmond, ticks)?, sys::cpu_seconds(agent.pid(), ticks)?))
@@ -304,18 +314,26 @@ const ALERTS_PER_SECOND: f64 = 10.0;
 
 /// Exec -> alert latencies of one storm, sorted.
 fn latencies(storm: &Storm, agent: &AgentRun) -> Vec<Duration> {
+    let mut out: Vec<Duration> = latencies_by_exec(storm, agent).into_iter().map(|(_, d)| d).collect();
+    out.sort();
+    out
+}
+
+/// Exec -> alert latency of each alert of one storm, with the index of its
+/// exec.
+fn latencies_by_exec(storm: &Storm, agent: &AgentRun) -> Vec<(usize, Duration)> {
     // Alerts may still be on their way: give them a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     while agent.alerts.lock().map_or(0, |a| a.len()) < storm.alert_spawned.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let seen = agent.alerts.lock().map(|a| a.clone()).unwrap_or_default();
-    let mut out: Vec<Duration> = seen
-        .iter()
-        .filter_map(|(i, at)| storm.alert_spawned.get(i).and_then(|spawned| at.duration_since(*spawned).ok()))
-        .collect();
-    out.sort();
-    out
+    seen.iter()
+        .filter_map(|(i, at)| {
+            let spawned = storm.alert_spawned.get(i)?;
+            Some((*i, at.duration_since(*spawned).ok()?))
+        })
+        .collect()
 }
 
 fn under_execsnoop(
@@ -480,84 +498,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Starts `n` sleeping processes on 100 distinct executables, then an
-/// agent, and times until all of them are in its table with hashes.
-fn snapshot(bin: &Path, work: &Path, rules: &Path, n: usize) -> anyhow::Result<String> {
-    let dir = work.join("sleepers");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let exes: Vec<PathBuf> = (0..100)
-        .map(|i| {
-            let p = dir.join(format!("dsleep{i:03}"));
-            std::fs::copy("/bin/sleep", &p).map(|_| p).context("copying /bin/sleep")
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let sleepers = Sleepers::spawn(&exes, n)?;
-    eprintln!("xtask bench: {} sleepers running", sleepers.0.len());
-    let started = Instant::now();
-    let agent = AgentRun::start(bin, &work.join("data-snapshot"), rules, "ebpf")?;
-    let sql = "SELECT count(*) AS n FROM processes WHERE is_alive = 1 AND name LIKE 'dsleep%' AND executable_hash IS NOT NULL";
-    let want = i64::try_from(sleepers.0.len()).unwrap_or(i64::MAX);
-    let mut seen = 0;
-    while started.elapsed() < Duration::from_secs(120) {
-        seen = agent.count(sql)?;
-        if seen >= want {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = started.elapsed();
-    let total = agent.count("SELECT count(*) AS n FROM processes WHERE is_alive = 1")?;
-    let procmond = agent.procmond_pid().context("procmond is not running under the agent")?;
-    // Let table rules and the sampler run over the full table once.
-    std::thread::sleep(Duration::from_secs(12));
-    let rss_p = sys::rss_mib(procmond)?;
-    let rss_a = sys::rss_mib(agent.pid())?;
-    drop(agent);
-    drop(sleepers);
-    let mut s = String::new();
-    let _ = writeln!(s, "### Start-up snapshot and memory\n");
-    let _ = writeln!(s, "| what | measured | target |\n|---|---|---|");
-    let _ = writeln!(
-        s,
-        "| agent start -> {seen} of {want} sleepers (100 distinct executables) in the table with SHA-256 | {:.2} s ({total} live processes in the table) | <= 1 s |",
-        took.as_secs_f64()
-    );
-    let _ = writeln!(s, "| procmond resident memory with {total} processes | {rss_p:.1} MiB | <= 30 MB |");
-    let _ = writeln!(s, "| agent resident memory with {total} processes | {rss_a:.1} MiB | <= 80 MB |\n");
-    Ok(s)
-}
-
-/// Sleeping processes, killed on drop.
-struct Sleepers(Vec<std::process::Child>);
-
-impl Sleepers {
-    fn spawn(exes: &[PathBuf], n: usize) -> anyhow::Result<Sleepers> {
-        let mut s = Sleepers(Vec::with_capacity(n));
-        for i in 0..n {
-            let exe = &exes[i % exes.len()];
-            let child = Command::new(exe)
-                .arg("3600")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting sleeper {i} ({})", exe.display()))?;
-            s.0.push(child);
-        }
-        Ok(s)
-    }
-}
-
-impl Drop for Sleepers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-    }
 }
 
 fn copy_rules(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -220,6 +220,32 @@ impl AgentRun {
         Ok(rows.get(0).and_then(|r| r.get("n")).and_then(Json::as_i64).unwrap_or(0))
     }
 
+    /// Waits until an exec of `exe` tagged `<run_id>-probe` has gone all
+    /// the way to the agent's table (the sensor is attached and the start-up
+    /// snapshot applied), then two seconds more for the start-up work to
+    /// settle.
+    pub(super) fn wait_sees(&self, exe: &Path, run_id: &str) -> anyhow::Result<()> {
+        let probe = format!(
+            "SELECT count(*) AS n FROM process_events WHERE name = 'dembench' AND argv LIKE '%{run_id}-probe%'"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let _ = Command::new(exe).arg(format!("{run_id}-probe")).status();
+            if self.count(&probe)? > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent's table never showed the probe exec; see {}",
+                    self.data.with_extension("stderr").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    }
+
     /// Waits until the agent has applied every event procmond had written
     /// when this was called: procmond reports its ledger head once a
     /// second, so the head is read after that has passed, and the agent's
