@@ -430,8 +430,8 @@ pub fn evaluate_table_rules(shared: &Shared) {
     let params = Params::default();
     let mut matches = Vec::new();
     // Every rule of the pass reads one snapshot of the view, so the pipeline
-    // never waits for a rule's query (with 21,000 rows a pass takes 5-8 ms,
-    // the snapshot 0.4-1.1 ms; a load of the store's events takes longer). Rules
+    // never waits for a rule's query (with ~20,000 rows a pass takes 6-8 ms,
+    // the snapshot 0.6-1.1 ms; a load of the store's events takes longer). Rules
     // without a complete event window share one load of the store's events
     // (made on first use).
     let table = shared.table_snapshot();

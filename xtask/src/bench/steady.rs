@@ -90,3 +90,20 @@ fn exited_cap(default_config: &Path) -> anyhow::Result<usize> {
         .find_map(|rest| rest.trim().strip_prefix('=')?.trim().replace('_', "").parse().ok())
         .with_context(|| format!("{} sets no max_exited_processes", default_config.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_comes_from_the_embedded_defaults() {
+        let defaults = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lib/config/default.toml");
+        let cap = exited_cap(&defaults).unwrap();
+        assert!(cap > 0, "the embedded defaults cap the exited processes");
+        let missing = std::env::temp_dir().join(format!("xtask-steady-{}.toml", std::process::id()));
+        std::fs::write(&missing, "[agent]\nprocess_retention = \"10m\"\n").unwrap();
+        let err = exited_cap(&missing).unwrap_err();
+        let _ = std::fs::remove_file(&missing);
+        assert!(err.to_string().contains("sets no max_exited_processes"), "{err}");
+    }
+}
