@@ -39,8 +39,10 @@ pub(super) fn measure(bin: &Path, work: &Path, rules: &Path, n: usize) -> anyhow
     let took = started.elapsed();
     let total = agent.count("SELECT count(*) AS n FROM processes WHERE is_alive = 1")?;
     let procmond = agent.procmond_pid().context("procmond is not running under the agent")?;
-    // Let table rules and the sampler run over the full table once.
-    std::thread::sleep(Duration::from_secs(12));
+    // Let table rules run over the full table, and the resource sampler
+    // report on every process once: its first round (10 s after start, by
+    // default) is a baseline, its second reports.
+    std::thread::sleep(Duration::from_secs(22));
     let rss_p = sys::rss_mib(procmond)?;
     let rss_a = sys::rss_mib(agent.pid())?;
     drop(agent);
