@@ -47,14 +47,21 @@ use crate::btf::{Btf, BtfError};
 pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
 /// Most events one [`EbpfSource::next_batch`] returns.
 pub const MAX_BATCH: usize = 1024;
-/// How often drop counters are read while events flow (and the longest an
-/// idle source waits before reading them).
+/// How often drop counters are read while events flow; an idle source
+/// reads them at its next idle poll after this.
 const DROP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Fork and exit records do not wake procmond (see the eBPF programs'
-/// `lazy_wakeup`): they come with the next exec, or with this poll of the
-/// ring, which costs no system call when it is empty. So an exit waits at
-/// most this long on an otherwise quiet machine.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// `lazy_wakeup`): they come with the next exec, or with a poll of the
+/// ring, which costs no system call when it is empty. The poll runs this
+/// long after the last events, so a fork or exit of a busy moment waits
+/// at most this long...
+const IDLE_POLL_MIN: Duration = Duration::from_millis(100);
+/// ...and each poll that finds nothing doubles the wait up to this. A
+/// quiet machine then wakes procmond about once a second instead of ten
+/// times (a timer wake-up from idle costs tens of microseconds on a VM:
+/// the larger part of procmond's idle CPU), and the first exit after a
+/// quiet second waits at most this long.
+const IDLE_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// The embedded object, if the build had one.
 #[cfg(daemoneye_ebpf_object)]
@@ -189,6 +196,9 @@ pub struct EbpfSource {
     decode_errors: u64,
     reported: DropCounters,
     last_check: Instant,
+    /// The next idle poll's wait: [`IDLE_POLL_MIN`] after events, doubled
+    /// by every empty poll up to [`IDLE_POLL_MAX`].
+    idle_poll: Duration,
     snapshot: Option<crate::procfs::ProcfsReader>,
     cgroups: cgroup::CgroupPaths,
     /// Owns the programs and links: dropping it detaches them.
@@ -243,6 +253,7 @@ impl EbpfSource {
             decode_errors: 0,
             reported: DropCounters::default(),
             last_check: Instant::now(),
+            idle_poll: IDLE_POLL_MIN,
             snapshot: None,
             cgroups: cgroup::CgroupPaths::host(),
             _bpf: bpf,
@@ -292,15 +303,16 @@ impl EbpfSource {
                 self.report_drops(out)?;
             }
             if out.len() > start {
+                self.idle_poll = IDLE_POLL_MIN;
                 return Ok(());
             }
             let ring = self.ring.registered()?;
-            match tokio::time::timeout(IDLE_POLL, ring.readable_mut()).await {
+            match tokio::time::timeout(self.idle_poll, ring.readable_mut()).await {
                 Ok(Ok(mut guard)) => guard.clear_ready(),
                 Ok(Err(source)) => {
                     return Err(EbpfError::Io { what: "waiting on the eBPF ring buffer", source });
                 }
-                Err(_elapsed) => {}
+                Err(_elapsed) => self.idle_poll = (self.idle_poll * 2).min(IDLE_POLL_MAX),
             }
         }
     }
