@@ -4,9 +4,11 @@
 //!
 //! - **Exec storms** at fixed rates (100, 400, 1,600 exec/s) and at the
 //!   machine's maximum: the same workload (`dembench <run> <i>`, a copy of
-//!   `/bin/true`) three times — alone (the baseline), under `execsnoop` from
-//!   Debian's libbpf-tools (a reference capture), and under the agent with
-//!   its procmond on eBPF and every shipped rule. Reported: completeness
+//!   `/bin/true`) four times — alone (the baseline), under two reference
+//!   captures (`execsnoop` from Debian's libbpf-tools, and auditd with an
+//!   `execve` rule and raw logs, the capture PRODUCT.md §15 quotes), and
+//!   under the agent with its procmond on eBPF and every shipped rule.
+//!   Reported: completeness
 //!   (execs with their full argv and parent, and exits with code 0, found in
 //!   `process_events`), lost events from `health`, CPU time of procmond and
 //!   the agent as % of one core over the storm, the storm's slowdown, and
@@ -24,6 +26,7 @@
 //! The criterion benchmarks (ledger, bus, detection) run with `--criterion`.
 //! Results are printed as Markdown for `docs/benchmarks.md`.
 
+mod reference;
 mod snapshot;
 mod steady;
 mod sys;
@@ -31,11 +34,11 @@ mod wake;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use self::reference::{Auditd, Reference};
 use self::sys::{AgentRun, Storm};
 
 /// The bench rule's id; `sys` recognises its alerts on stdout.
@@ -112,7 +115,8 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
     copy_rules(&root.join("rules"), &rules)?;
     let exe = work.join("dembench");
     std::fs::copy("/bin/true", &exe).context("copying /bin/true as the bench marker")?;
-    let execsnoop = find_execsnoop();
+    let execsnoop = reference::find_execsnoop();
+    let auditd = Auditd::find();
 
     let mut report = String::new();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -124,8 +128,12 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     if let Err(why) = &execsnoop {
-        let _ = writeln!(report, "No execsnoop reference capture: {why}\n");
+        let _ = writeln!(report, "No execsnoop reference capture: {why:#}\n");
     }
+    if let Err(why) = &auditd {
+        let _ = writeln!(report, "No auditd reference capture: {why:#}\n");
+    }
+    let refs = References { execsnoop: execsnoop.as_ref().ok(), auditd: auditd.as_ref().ok() };
     let mut rows = Vec::new();
     let plan: Vec<(String, Option<f64>, usize, usize)> = args
         .rates
@@ -138,7 +146,7 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
         .collect();
     for (label, rate, count, threads) in plan {
         eprintln!("xtask bench: storm {label}: {count} execs");
-        let row = storm_row(&bin, &work, &rules, &exe, execsnoop.as_ref().ok(), &label, rate, count, threads)?;
+        let row = storm_row(&bin, &work, &rules, &exe, &refs, &label, rate, count, threads)?;
         eprintln!("xtask bench: {row:?}");
         rows.push(row);
     }
@@ -184,14 +192,21 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
     Ok(())
 }
 
-/// One storm measured three ways.
+/// The reference captures found on this machine.
+struct References<'a> {
+    execsnoop: Option<&'a PathBuf>,
+    auditd: Option<&'a Auditd>,
+}
+
+/// One storm measured four ways: alone, under each reference capture and
+/// under the sensor.
 #[derive(Debug)]
 struct StormRow {
     label: String,
     execs: usize,
     base: Measure,
-    snoop: Option<Measure>,
-    snoop_seen: Option<usize>,
+    snoop: Option<Reference>,
+    audit: Option<Reference>,
     sensor: Measure,
     execs_seen: i64,
     argv_ok: i64,
@@ -199,7 +214,6 @@ struct StormRow {
     lost: u64,
     /// CPU seconds of (procmond, agent) during the storm and its drain.
     sensor_cpu: (f64, f64),
-    snoop_cpu: Option<f64>,
     /// Exec -> alert latencies, sorted.
     latencies: Vec<Duration>,
     alerts_expected: usize,
@@ -223,7 +237,7 @@ fn storm_row(
     work: &Path,
     rules: &Path,
     exe: &Path,
-    execsnoop: Option<&PathBuf>,
+    refs: &References<'_>,
     label: &str,
     rate: Option<f64>,
     count: usize,
@@ -236,14 +250,19 @@ fn storm_row(
     // 1. The baseline: nothing watching.
     let base = sys::storm(exe, &run(&format!("b{tag}")), rate, count, threads, 0)?;
 
-    // 2. The reference capture.
-    let (snoop, snoop_seen, snoop_cpu) = match execsnoop {
+    // 2. The reference captures.
+    let snoop = match refs.execsnoop {
         Some(path) => {
-            let id = run(&format!("s{tag}"));
-            let (m, seen, cpu) = under_execsnoop(path, exe, &id, rate, count, threads, ticks)?;
-            (Some(m), Some(seen), Some(cpu))
+            Some(reference::under_execsnoop(path, exe, &run(&format!("s{tag}")), rate, count, threads, ticks)?)
         }
-        None => (None, None, None),
+        None => None,
+    };
+    let audit = match refs.auditd {
+        Some(auditd) => {
+            let dir = work.join(format!("auditd-{tag}"));
+            Some(auditd.under(&dir, exe, &run(&format!("u{tag}")), rate, count, threads, ticks)?)
+        }
+        None => None,
     };
 
     // 3. The sensor: a fresh agent with every shipped rule and the bench rule.
@@ -284,14 +303,13 @@ fn storm_row(
         execs: count,
         base: Measure::from(&base),
         snoop,
-        snoop_seen,
+        audit,
         sensor: Measure::from(&sensor),
         execs_seen,
         argv_ok,
         exits_ok,
         lost,
         sensor_cpu: (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1),
-        snoop_cpu,
         latencies,
         alerts_expected: sensor.alert_spawned.len(),
     })
@@ -336,81 +354,19 @@ fn latencies_by_exec(storm: &Storm, agent: &AgentRun) -> Vec<(usize, Duration)> 
         .collect()
 }
 
-fn under_execsnoop(
-    execsnoop: &Path,
-    exe: &Path,
-    id: &str,
-    rate: Option<f64>,
-    count: usize,
-    threads: usize,
-    ticks: f64,
-) -> anyhow::Result<(Measure, usize, f64)> {
-    use std::io::{BufRead as _, BufReader};
-    // Line-buffered: execsnoop's stdio buffers a pipe, so its header (the
-    // sign that it is attached) would only arrive once 4 KiB of output had
-    // filled the buffer, which on a quiet machine never happens.
-    let mut child = Command::new("stdbuf")
-        .arg("-oL")
-        .arg(execsnoop)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", execsnoop.display()))?;
-    let stdout = child.stdout.take().context("execsnoop stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let needle = format!(" {id} ");
-    let reader = std::thread::spawn(move || {
-        let mut seen = 0usize;
-        let mut lines = BufReader::new(stdout).lines();
-        // The header means the programs are attached.
-        if lines.next().is_some() {
-            let _ = tx.send(());
-        }
-        for line in lines.map_while(Result::ok) {
-            if line.contains(&needle) {
-                seen += 1;
-            }
-        }
-        seen
-    });
-    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let _ = child.kill();
-        let err = child.stderr.take().map(std::io::read_to_string).and_then(Result::ok).unwrap_or_default();
-        bail!("execsnoop did not start: {}", err.trim());
-    }
-    let pid = child.id();
-    let before = sys::cpu_seconds(pid, ticks)?;
-    let storm = sys::storm(exe, id, rate, count, threads, 0)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let cpu = sys::cpu_seconds(pid, ticks)? - before;
-    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
-    let _ = child.wait();
-    let seen = reader.join().unwrap_or(0);
-    Ok((Measure::from(&storm), seen, cpu))
-}
-
 fn storm_table(rows: &[StormRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "### Exec storms\n");
     let _ = writeln!(
         s,
-        "| storm | execs | baseline rate | with sensor: rate (slowdown) | execs seen (full argv + ppid) | exits (code 0) | lost | procmond + agent CPU (procmond, agent) | execsnoop: seen, CPU, rate (slowdown) | exec -> alert p50 / p99 / max (n) |"
+        "| storm | execs | baseline rate | with sensor: rate (slowdown) | execs seen (full argv + ppid) | exits (code 0) | lost | procmond + agent CPU (procmond, agent) | execsnoop: seen, CPU, rate (slowdown) | auditd (raw): seen, CPU, rate (slowdown) | exec -> alert p50 / p99 / max (n) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let slowdown = slowdown_pct(r.base, r.sensor);
         let secs = r.sensor.wall.as_secs_f64();
-        let snoop = match (r.snoop_seen, r.snoop_cpu, r.snoop) {
-            (Some(seen), Some(cpu), Some(m)) => format!(
-                "{seen} / {}, {:.2}% of a core, {:.0}/s ({:+.1}%)",
-                r.execs,
-                cpu / m.wall.as_secs_f64() * 100.0,
-                m.rate,
-                slowdown_pct(r.base, m)
-            ),
-            _ => "—".into(),
-        };
+        let snoop = reference_cell(r, r.snoop.as_ref());
+        let audit = reference_cell(r, r.audit.as_ref());
         let lat = if r.latencies.is_empty() {
             "—".to_owned()
         } else {
@@ -425,7 +381,7 @@ fn storm_table(rows: &[StormRow]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0}/s | {:.0}/s ({slowdown:+.1}%) | {} ({}) | {} | {} | {:.2}% of a core ({:.2}%, {:.2}%) | {snoop} | {lat} |",
+            "| {} | {} | {:.0}/s | {:.0}/s ({slowdown:+.1}%) | {} ({}) | {} | {} | {:.2}% of a core ({:.2}%, {:.2}%) | {snoop} | {audit} | {lat} |",
             r.label,
             r.execs,
             r.base.rate,
@@ -467,10 +423,14 @@ fn max_summary(rows: &[StormRow]) -> String {
          {seen} of {execs} execs seen with their exits, {lost} lost",
         max.len()
     );
-    let snoop: Vec<f64> = max.iter().filter_map(|r| r.snoop.map(|m| slowdown_pct(r.base, m))).collect();
-    if snoop.len() == max.len() {
-        let (median_snoop, listed) = median(snoop);
-        let _ = write!(s, "; execsnoop alone: median slowdown {median_snoop:+.1}% ({listed})");
+    for (name, pick) in [("execsnoop", 0), ("auditd", 1)] {
+        let capture = |r: &StormRow| [r.snoop, r.audit][pick];
+        let slowdowns: Vec<f64> =
+            max.iter().filter_map(|r| capture(r).map(|m| slowdown_pct(r.base, m.measure))).collect();
+        if slowdowns.len() == max.len() {
+            let (median_ref, listed) = median(slowdowns);
+            let _ = write!(s, "; {name} alone: median slowdown {median_ref:+.1}% ({listed})");
+        }
     }
     if !pooled.is_empty() {
         let _ = write!(
@@ -484,6 +444,23 @@ fn max_summary(rows: &[StormRow]) -> String {
     }
     s.push_str(".\n\n");
     s
+}
+
+/// A reference capture's cell of the storm table.
+fn reference_cell(r: &StormRow, capture: Option<&Reference>) -> String {
+    capture.map_or_else(
+        || "—".into(),
+        |c| {
+            format!(
+                "{} / {}, {:.2}% of a core, {:.0}/s ({:+.1}%)",
+                c.seen,
+                r.execs,
+                c.cpu / c.measure.wall.as_secs_f64() * 100.0,
+                c.measure.rate,
+                slowdown_pct(r.base, c.measure)
+            )
+        },
+    )
 }
 
 /// How much slower (in %) the storm ran under a capture than alone.
@@ -511,26 +488,6 @@ fn copy_rules(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(to.join("zz-bench.yaml"), BENCH_RULE).context("writing the bench rule")?;
     Ok(())
-}
-
-/// `execsnoop` from libbpf-tools, with tracefs mounted (its syscall
-/// tracepoints live there).
-fn find_execsnoop() -> anyhow::Result<PathBuf> {
-    let path = ["/usr/sbin/execsnoop", "/usr/bin/execsnoop"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("execsnoop not found: `apt-get install libbpf-tools` for the reference capture")?;
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        let ok = Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            bail!("tracefs is not mounted at /sys/kernel/tracing and mounting it failed");
-        }
-    }
-    Ok(path)
 }
 
 fn is_root() -> bool {
