@@ -245,7 +245,10 @@ fn storm_row(
 ) -> anyhow::Result<StormRow> {
     let ticks = sys::clock_ticks();
     let run = |tag: &str| format!("r{}{tag}", std::process::id());
-    let tag = label.trim_end_matches("/s");
+    // "100", "max1of3": the storm's part of its run id (one argument, which
+    // auditd would log hex-encoded if it had a space) and of its directories
+    // (auditd.conf takes no spaces in a path).
+    let tag: String = label.trim_end_matches("/s").chars().filter(char::is_ascii_alphanumeric).collect();
 
     // 1. The baseline: nothing watching.
     let base = sys::storm(exe, &run(&format!("b{tag}")), rate, count, threads, 0)?;

@@ -172,20 +172,23 @@ impl Auditd {
             dir.join("plugins.d").display()
         );
         std::fs::write(dir.join("auditd.conf"), conf).context("writing the bench's auditd.conf")?;
+        let log = dir.join("auditd.stderr");
+        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&self.auditd)
             .arg("-n")
             .arg("-c")
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", self.auditd.display()))?;
         let session = AuditSession { ctl: self, child, before };
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.status()?.pid != session.child.id() {
             if Instant::now() > deadline {
-                bail!("auditd did not register with the kernel within 10 s");
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("auditd did not register with the kernel within 10 s; it said: {}", said.trim());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
