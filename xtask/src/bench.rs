@@ -151,6 +151,9 @@ pub(crate) fn bench(root: &Path, target: &Path, args: &BenchArgs) -> anyhow::Res
         rows.push(row);
     }
     report.push_str(&storm_table(&rows));
+    for note in rows.iter().flat_map(|r| &r.notes) {
+        let _ = writeln!(report, "{note}\n");
+    }
     report.push_str(&max_summary(&rows));
     if args.steady_seconds > 0 {
         eprintln!("xtask bench: steady state, {}/s for {} s", args.steady_rate, args.steady_seconds);
@@ -217,6 +220,8 @@ struct StormRow {
     /// Exec -> alert latencies, sorted.
     latencies: Vec<Duration>,
     alerts_expected: usize,
+    /// What went wrong on the way that the report should say.
+    notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -260,10 +265,21 @@ fn storm_row(
         }
         None => None,
     };
+    // auditd needs more of the machine than execsnoop (the kernel's audit
+    // switch, a daemon slot): if it fails here, the storm goes on without it
+    // and the report says why.
+    let mut notes = Vec::new();
     let audit = match refs.auditd {
         Some(auditd) => {
             let dir = work.join(format!("auditd-{tag}"));
-            Some(auditd.under(&dir, exe, &run(&format!("u{tag}")), rate, count, threads, ticks)?)
+            match auditd.under(&dir, exe, &run(&format!("u{tag}")), rate, count, threads, ticks) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("xtask bench: storm {label}: no auditd reference: {e:#}");
+                    notes.push(format!("Storm {label}: no auditd reference capture: {e:#}"));
+                    None
+                }
+            }
         }
         None => None,
     };
@@ -315,6 +331,7 @@ fn storm_row(
         sensor_cpu: (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1),
         latencies,
         alerts_expected: sensor.alert_spawned.len(),
+        notes,
     })
 }
 
