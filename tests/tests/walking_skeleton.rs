@@ -144,8 +144,10 @@ fn killed_procmond_is_restarted() {
 /// `agent.max_exited_processes` holds whatever `process_retention` says: a
 /// busy host must not keep every process of the last ten minutes. Two waves
 /// of 30 processes exit one after the other under a cap of 20: the first
-/// wave leaves the table entirely, the table never holds more than the cap
-/// and its eighth of slack, and live processes are never touched.
+/// wave leaves the table entirely, the table comes back within the cap and
+/// its eighth of slack (the store writer prunes when it flushes, so exits
+/// seen since the last flush may pass it for a moment), and live processes
+/// are never touched.
 #[test]
 fn exited_processes_beyond_the_cap_leave_the_table_oldest_first() {
     let agent = Agent::start(AgentOptions {
@@ -188,11 +190,15 @@ fn exited_processes_beyond_the_cap_leave_the_table_oldest_first() {
     settle("the first wave exited, and pruned to the cap", &|| count(first, true) == 0 && count(first, false) <= 22);
     drop(wave_b);
     settle("the second wave exited", &|| count(second, true) == 0 && count(second, false) > 0);
-    settle("the first wave pruned first", &|| count(first, false) == 0);
-
-    let exited = agent.query("SELECT count(*) AS n FROM processes WHERE is_alive = 0");
-    let exited = exited.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1);
-    assert!((1..=22).contains(&exited), "{exited} exited rows, cap 20 (+2 slack)");
+    let exited = || {
+        let rows = agent.query("SELECT count(*) AS n FROM processes WHERE is_alive = 0");
+        rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
+    };
+    // The second wave may exit across two poll rounds, and so be pruned in
+    // two flushes: wait for the table to settle, then check what it kept.
+    settle("the first wave pruned first, and the table back within the cap (20 + 2 slack)", &|| {
+        count(first, false) == 0 && (1..=22).contains(&exited())
+    });
     assert!(count(second, false) >= 15, "the newest exits stay: {} of the second wave", count(second, false));
     assert_eq!(count(live, true), 5, "live processes are never pruned");
 }
