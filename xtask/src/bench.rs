@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use self::reference::{Auditd, Reference};
+use self::reference::{Auditd, Reference, Workload};
 use self::sys::{AgentRun, Storm};
 
 /// The bench rule's id; `sys` recognises its alerts on stdout.
@@ -261,7 +261,8 @@ fn storm_row(
     // 2. The reference captures.
     let snoop = match refs.execsnoop {
         Some(path) => {
-            Some(reference::under_execsnoop(path, exe, &run(&format!("s{tag}")), rate, count, threads, ticks)?)
+            let id = run(&format!("s{tag}"));
+            Some(reference::under_execsnoop(path, &Workload { exe, id: &id, rate, count, threads }, ticks)?)
         }
         None => None,
     };
@@ -272,7 +273,8 @@ fn storm_row(
     let audit = match refs.auditd {
         Some(auditd) => {
             let dir = work.join(format!("auditd-{tag}"));
-            match auditd.under(&dir, exe, &run(&format!("u{tag}")), rate, count, threads, ticks) {
+            let id = run(&format!("u{tag}"));
+            match auditd.under(&dir, &Workload { exe, id: &id, rate, count, threads }, ticks) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     eprintln!("xtask bench: storm {label}: no auditd reference: {e:#}");

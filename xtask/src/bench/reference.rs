@@ -23,6 +23,27 @@ pub(super) struct Reference {
     pub(super) cpu: f64,
 }
 
+/// The storm a reference capture watches: `sys::storm`'s arguments.
+pub(super) struct Workload<'a> {
+    pub(super) exe: &'a Path,
+    pub(super) id: &'a str,
+    pub(super) rate: Option<f64>,
+    pub(super) count: usize,
+    pub(super) threads: usize,
+}
+
+impl Workload<'_> {
+    /// Runs the storm under a capture whose CPU seconds so far `cpu` reads:
+    /// before the storm, and one second after it (what the capture still
+    /// had queued).
+    fn run_under(&self, cpu: impl Fn() -> anyhow::Result<f64>) -> anyhow::Result<(Measure, f64)> {
+        let before = cpu()?;
+        let storm = sys::storm(self.exe, self.id, self.rate, self.count, self.threads, 0)?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok((Measure::from(&storm), cpu()? - before))
+    }
+}
+
 /// `execsnoop` from libbpf-tools, with tracefs mounted (its syscall
 /// tracepoints live there).
 pub(super) fn find_execsnoop() -> anyhow::Result<PathBuf> {
@@ -43,16 +64,8 @@ pub(super) fn find_execsnoop() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The storm `id` under `execsnoop`.
-pub(super) fn under_execsnoop(
-    execsnoop: &Path,
-    exe: &Path,
-    id: &str,
-    rate: Option<f64>,
-    count: usize,
-    threads: usize,
-    ticks: f64,
-) -> anyhow::Result<Reference> {
+/// The storm `work` under `execsnoop`.
+pub(super) fn under_execsnoop(execsnoop: &Path, work: &Workload<'_>, ticks: f64) -> anyhow::Result<Reference> {
     // Line-buffered: execsnoop's stdio buffers a pipe, so its header (the
     // sign that it is attached) would only arrive once 4 KiB of output had
     // filled the buffer, which on a quiet machine never happens.
@@ -66,7 +79,7 @@ pub(super) fn under_execsnoop(
         .with_context(|| format!("starting {}", execsnoop.display()))?;
     let stdout = child.stdout.take().context("execsnoop stdout")?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let needle = format!(" {id} ");
+    let needle = format!(" {} ", work.id);
     let reader = std::thread::spawn(move || {
         let mut seen = 0usize;
         let mut lines = BufReader::new(stdout).lines();
@@ -87,14 +100,11 @@ pub(super) fn under_execsnoop(
         bail!("execsnoop did not start: {}", err.trim());
     }
     let pid = child.id();
-    let before = sys::cpu_seconds(pid, ticks)?;
-    let storm = sys::storm(exe, id, rate, count, threads, 0)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let cpu = sys::cpu_seconds(pid, ticks)? - before;
+    let (measure, cpu) = work.run_under(|| sys::cpu_seconds(pid, ticks))?;
     let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
     let _ = child.wait();
     let seen = reader.join().unwrap_or(0);
-    Ok(Reference { measure: Measure::from(&storm), seen, cpu })
+    Ok(Reference { measure, seen, cpu })
 }
 
 /// auditd and auditctl from Debian's `auditd`, on a machine where no audit
@@ -126,34 +136,21 @@ impl Auditd {
         Ok(me)
     }
 
-    /// The storm `id` under a fresh auditd writing raw records of every
+    /// The storm `work` under a fresh auditd writing raw records of every
     /// `execve` to `dir/audit.log`. auditd's CPU includes the kernel's
     /// `kauditd` thread, which sends it the records.
-    #[allow(clippy::too_many_arguments, reason = "the storm's parameters, spelled out as for execsnoop")]
-    pub(super) fn under(
-        &self,
-        dir: &Path,
-        exe: &Path,
-        id: &str,
-        rate: Option<f64>,
-        count: usize,
-        threads: usize,
-        ticks: f64,
-    ) -> anyhow::Result<Reference> {
+    pub(super) fn under(&self, dir: &Path, work: &Workload<'_>, ticks: f64) -> anyhow::Result<Reference> {
         let kauditd = kauditd_pid().context("no kauditd kernel thread: is audit compiled into this kernel?")?;
         let session = self.start(dir)?;
         let pid = session.child.id();
-        let cpu = || -> anyhow::Result<f64> { Ok(sys::cpu_seconds(pid, ticks)? + sys::cpu_seconds(kauditd, ticks)?) };
-        let before = cpu()?;
-        let storm = sys::storm(exe, id, rate, count, threads, 0)?;
-        std::thread::sleep(Duration::from_secs(1));
-        let cpu = cpu()? - before;
+        let (measure, cpu) =
+            work.run_under(|| Ok(sys::cpu_seconds(pid, ticks)? + sys::cpu_seconds(kauditd, ticks)?))?;
         // auditd writes what it holds when it stops.
         drop(session);
         let log = std::fs::read_to_string(dir.join("audit.log")).context("reading the bench's audit log")?;
-        let needle = format!(" a1=\"{id}\"");
+        let needle = format!(" a1=\"{}\"", work.id);
         let seen = log.lines().filter(|l| l.starts_with("type=EXECVE") && l.contains(&needle)).count();
-        Ok(Reference { measure: Measure::from(&storm), seen, cpu })
+        Ok(Reference { measure, seen, cpu })
     }
 
     fn start(&self, dir: &Path) -> anyhow::Result<AuditSession<'_>> {
